@@ -122,3 +122,15 @@ def test_full_disk_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(CovidSegError, match="disk full"):
         write_mask(tmp_path / "out" / "m.nii.gz", np.zeros_like(vol.data, np.uint8), vol)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    vol = read_volume(_good(tmp_path / "ct.nii.gz"))
+    old = os.umask(0o022)
+    try:
+        out = write_mask(tmp_path / "m.nii.gz", np.zeros_like(vol.data, np.uint8), vol)
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o644  # not mkstemp's private 0o600

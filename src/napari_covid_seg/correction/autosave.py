@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import atomic_path
 from ._common import bounding_box, check_mask
 
 FORMAT_VERSION = 1
@@ -111,22 +111,16 @@ class AutosaveStore:
         if box is None:
             box = tuple(slice(0, 0) for _ in mask.shape)
         starts = np.array([s.start for s in box], dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{fp[:16]}-", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(
-                    handle,
-                    crop=np.ascontiguousarray(mask[box]),
-                    start=starts,
-                    shape=np.array(mask.shape, dtype=np.int64),
-                    meta=np.array(meta_json),
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                crop=np.ascontiguousarray(mask[box]),
+                start=starts,
+                shape=np.array(mask.shape, dtype=np.int64),
+                meta=np.array(meta_json),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
         return target
 
     def load(self, fp: str) -> tuple[np.ndarray, dict[str, Any]] | None:

@@ -9,16 +9,15 @@ the source image.
 
 from __future__ import annotations
 
-import errno
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CovidSegError, GeometryMismatchError, InvalidImageError
+from .atomic import atomic_path
 from .volume import HU, WINDOWED, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -228,27 +227,12 @@ def _as_label_dtype(data: np.ndarray) -> np.ndarray:
 def _atomic_nifti_save(img, target: Path) -> None:
     import nibabel as nib
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if target.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{stem(target)}.", suffix=".tmp" + suffix, dir=target.parent
-    )
-    os.close(fd)
     try:
-        nib.save(img, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target, suffix=".tmp" + suffix) as tmp:
+            nib.save(img, str(tmp))
     except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if e.errno == errno.ENOSPC:
-            raise CovidSegError(
-                f"disk full while writing {target}; nothing was written. Free space and retry."
-            ) from None
         raise CovidSegError(f"could not write {target}: {e}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_volume(

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +128,9 @@ def _clean(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, meta: dict[str, Any]) -> None:
     """Write ``meta`` to ``path`` via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    text = dumps(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..io.atomic import atomic_write_text
+
+    atomic_write_text(path, dumps(meta))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
