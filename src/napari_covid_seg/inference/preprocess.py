@@ -52,3 +52,47 @@ def normalize(
 def to_channels(x: np.ndarray, n_channels: int = 3) -> np.ndarray:
     """(N, H, W) in [0, 1] -> (N, C, H, W) by replicating the one window."""
     return np.repeat(x[:, None], n_channels, axis=1)
+
+
+def intensity_affine(
+    intensity: str = "hu", window: tuple[float, float] | list[float] = LUNG_WINDOW
+) -> tuple[float, float]:
+    """``(offset, scale)`` such that ``normalize(v) == clip((v - offset) * scale, 0, 1)``.
+
+    Lets batched inference apply the window on the device (one fused op)
+    instead of building a float32 copy of the volume on the host.
+    """
+    if intensity == "hu":
+        lo, hi = float(window[0]), float(window[1])
+        if hi <= lo:
+            raise ValueError(f"window must be (low, high) with low < high, got {window!r}")
+        return lo, 1.0 / (hi - lo)
+    return 0.0, 1.0 / 255.0
+
+
+def model_input_size(preprocessing: dict) -> tuple[int, int] | None:
+    """``(height, width)`` every slice is resized to, or None for native-size inference."""
+    size = preprocessing.get("input_size", DEFAULT_PREPROCESSING["input_size"])
+    if size is None:
+        return None
+    if isinstance(size, int | float):
+        return int(size), int(size)
+    h, w = (int(s) for s in size)
+    return h, w
+
+
+def slice_reorientation(volume):  # -> Reorientation
+    """Transposes/flips presenting a Volume's axial slices as the model saw them (SPL).
+
+    ``volume.reorientation``, except for a single 2D image whose affine is not
+    axial (e.g. a coronal PNG): that plane is presented as stored.
+    """
+    from ..io.orientation import Reorientation
+
+    r = volume.reorientation
+    shape = volume.data.shape
+    if shape[r.axial_axis] != 1 and 1 in shape:
+        single = shape.index(1)
+        rest = tuple(a for a in range(3) if a != single)
+        return Reorientation((single, *rest), (False, False, False))
+    return r

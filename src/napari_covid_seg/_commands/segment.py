@@ -1,0 +1,221 @@
+"""``napari-covid-seg segment``: lesion masks for NIfTI CT files, headless.
+
+For every input ``<name>.nii[.gz]`` it writes ``OUTDIR/<name>_lesions.nii.gz``
+(uint8, 1 = lesion) with the input's exact affine and header, and optionally
+``OUTDIR/<name>_lesion_prob.nii.gz`` (uint8, probability x 255). One summary
+line per case goes to stdout; progress bars, notes and errors go to stderr.
+An unreadable input is reported and skipped; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import CovidSegError
+
+SAMPLE_NAME = "sample_ct"
+MASK_SUFFIX = "_lesions"
+PROB_SUFFIX = "_lesion_prob"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``segment`` subcommand to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment lung lesions in NIfTI CT files (or the bundled sample)",
+        description="Segment COVID-19 lung lesions in chest CT. Writes "
+        "OUTDIR/<name>_lesions.nii.gz with the input's geometry for every INPUT file "
+        "(a folder means every NIfTI file in it).",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI files or folders")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
+    p.add_argument(
+        "--model", default="default", help="model name, folder or file (default: the bundled model)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", default="auto", type=_batch_size, metavar="N|auto")
+    p.add_argument(
+        "--threshold", type=_threshold, default=None, help="probability cut (default: the model's)"
+    )
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast"
+    )
+    p.add_argument(
+        "--no-lung-restrict",
+        dest="lung_restrict",
+        action="store_false",
+        help="keep predictions outside the lungs",
+    )
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help=f"also write <name>{PROB_SUFFIX}.nii.gz (uint8, probability x 255)",
+    )
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"segment the bundled sample CT (also written as {SAMPLE_NAME}.nii.gz)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {value}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be between 0 and 1, got {value}")
+    return value
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files to segment (folders expanded to their NIfTI files) and notes about skipped ones."""
+    from ..io import is_nifti_path, name_says_mask, stem
+
+    files: list[Path] = []
+    notes: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_nifti_path(p))
+            for p in found:
+                if name_says_mask(p) or stem(p).endswith(PROB_SUFFIX):
+                    notes.append(f"skipping {p.name}: its name marks a mask, not a CT")
+                else:
+                    files.append(p)
+            if not found:
+                notes.append(f"{path}: no NIfTI files (.nii, .nii.gz) in this folder")
+        else:
+            files.append(path)
+    return files, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every input; return 0 if all succeeded, 1 otherwise."""
+    err = sys.stderr
+    if not args.inputs and not args.sample:
+        print("error: give INPUT files or folders, or --sample", file=err)
+        return 1
+    files, notes = expand_inputs(list(args.inputs))
+    for note in notes:
+        print(f"note: {note}", file=err)
+    if args.inputs and not files and not args.sample:
+        print("error: no NIfTI inputs to segment", file=err)
+        return 1
+
+    from ..inference.device import describe_device
+    from ..inference.engine import load_predictor
+
+    try:
+        predictor = load_predictor(args.model, device=args.device, precision=args.precision)
+    except CovidSegError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    if str(args.device).lower() == "auto":
+        print(f"note: device auto picked {describe_device(predictor.device)}", file=err)
+
+    out_dir: Path = args.output
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the output folder {out_dir}: {e}", file=err)
+        return 1
+
+    failures = 0
+    cases: list[tuple[str, Any]] = []
+    if args.sample:
+        cases.append((SAMPLE_NAME, None))
+    cases.extend((str(f), f) for f in files)
+    for label, path in cases:
+        try:
+            _segment_one(label, path, predictor, args)
+        except CovidSegError as e:
+            failures += 1
+            print(f"error: {label}: {e}", file=err)
+    if failures:
+        print(f"{failures} of {len(cases)} input(s) failed", file=err)
+    return 1 if failures else 0
+
+
+def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.Namespace) -> None:
+    from ..inference.engine import segment
+    from ..io import read_volume, stem, write_mask, write_volume
+
+    t0 = time.perf_counter()
+    out_dir: Path = args.output
+    if path is None:
+        from ..io.phantom import make_phantom
+
+        phantom, _truth = make_phantom()
+        name = SAMPLE_NAME
+        # Written first and read back, so the mask's header matches the file the user opens.
+        volume = read_volume(write_volume(out_dir / f"{name}.nii.gz", phantom.data, like=phantom))
+    else:
+        volume = read_volume(path)
+        name = stem(path)
+    bar = _progress_bar(name, volume.data.shape, disable=args.quiet)
+    try:
+        result = segment(
+            volume,
+            predictor,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            restrict_to_lungs=args.lung_restrict,
+            progress=bar.update_to,
+        )
+    finally:
+        bar.close()
+    for message in result.messages:
+        print(f"warning: {name}: {message}", file=sys.stderr)
+    mask_path = write_mask(out_dir / f"{name}{MASK_SUFFIX}.nii.gz", result.mask, like=volume)
+    if args.save_probabilities:
+        write_volume(
+            out_dir / f"{name}{PROB_SUFFIX}.nii.gz", result.probability, like=volume, dtype="uint8"
+        )
+    seconds = time.perf_counter() - t0
+    print(
+        f"{name}: {result.quantify().summary()}; {seconds:.1f} s on {result.device} -> {mask_path}",
+        flush=True,
+    )
+
+
+class _Bar:
+    """tqdm on stderr, advanced with ``update_to(done, total)``."""
+
+    def __init__(self, name: str, total: int, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total, desc=name, unit="slice", file=sys.stderr, disable=disable, leave=False
+        )
+
+    def update_to(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(name: str, shape: tuple[int, ...], disable: bool) -> _Bar:
+    return _Bar(name, int(shape[0]), disable)
