@@ -23,11 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..io.atomic import atomic_write_text
 from ..models import MODEL_NAMES
 from .config import TrainConfig
 from .datasets import load_datasets, split_dataset
 from .metrics import PAPER_COLUMNS
-from .trainer import Trainer, _atomic_write_text
+from .trainer import Trainer
 
 #: Display names as in the paper.
 DISPLAY_NAMES: dict[str, str] = {
@@ -166,7 +167,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, config: TrainConfig) -> 
     """Write comparison.md, comparison.csv and comparison.json into ``out``."""
     from ..models.metadata import dumps
 
-    _atomic_write_text(out / "comparison.md", markdown_table(rows))
+    atomic_write_text(out / "comparison.md", markdown_table(rows))
     keys = [
         "model",
         "method",
@@ -184,5 +185,5 @@ def write_tables(rows: list[dict[str, Any]], out: Path, config: TrainConfig) -> 
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k, "") for k in keys})
-    _atomic_write_text(out / "comparison.csv", buf.getvalue())
-    _atomic_write_text(out / "comparison.json", dumps({"rows": rows, "config": config.to_dict()}))
+    atomic_write_text(out / "comparison.csv", buf.getvalue())
+    atomic_write_text(out / "comparison.json", dumps({"rows": rows, "config": config.to_dict()}))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..io.atomic import atomic_path
 
 
 def plot_history(history: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
@@ -37,12 +38,6 @@ def plot_history(history: list[dict[str, Any]], path: str | os.PathLike, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CancelledError, DatasetError, DeviceError
+from ..io.atomic import atomic_write_text
 from . import ddp
 from .augment import augment_batch
 from .config import TrainConfig
@@ -157,17 +158,6 @@ def lr_factor(
         return start + (1.0 - start) * progress / warm_frac
     t = (progress - warm_frac) / max(1e-12, 1.0 - warm_frac)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -631,7 +621,7 @@ class Trainer:
         if self.dist.is_main:
             import yaml
 
-            _atomic_write_text(
+            atomic_write_text(
                 self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
         t_start = time.perf_counter() - self.elapsed
@@ -796,7 +786,7 @@ class Trainer:
         w.writeheader()
         for rec in self.history:
             w.writerow({k: rec.get(k, "") for k in keys})
-        _atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
 
     def _finish(self, stopped: str, seconds: float) -> TrainResult:
         import json
@@ -841,7 +831,7 @@ class Trainer:
             from ..models.metadata import dumps
 
             result_json = self.out_dir / "result.json"
-            _atomic_write_text(result_json, dumps(json.loads(dumps(result))))
+            atomic_write_text(result_json, dumps(json.loads(dumps(result))))
         ddp.barrier(self.dist)
         return TrainResult(
             out_dir=self.out_dir,
