@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+# torchvision imports torch._dynamo, which loads triton's bundled LLVM. Loaded
+# after napari's OpenGL canvas has pulled in Mesa's libLLVM (Xvfb, llvmpipe),
+# the two clash and the process segfaults; loaded first, both work. The plugin
+# itself guards against this in napari (_widgets/_torch_guard.py).
+import torchvision  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLE_CT = SHARED_DATA / "ct-example" / "example_ct.nii.gz"

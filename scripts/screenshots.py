@@ -1,0 +1,126 @@
+"""Screenshots of the Segment and Correct widgets in use, for docs/images/.
+
+Run (rerunnable; overwrites the images)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--model default]
+
+Uses the synthetic chest CT sample and the bundled default model (or --model
+NAME_OR_PATH). Autosaves go to a temporary folder, so nothing in your user
+data folder is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "docs" / "images"
+WINDOW = (1600, 1000)
+
+
+def wait(app, condition, timeout_s: float = 600.0) -> None:
+    """Process Qt events until ``condition()`` or the timeout."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError("timed out waiting for the widget")
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def busiest_slice(mask: np.ndarray) -> int:
+    """Axial slice (axis 0) with the most lesion voxels."""
+    return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+
+
+def show_slice(viewer, layer, z: int) -> None:
+    viewer.dims.set_point(0, float(layer.data_to_world((z, 0, 0))[0]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="model name or path")
+    parser.add_argument("--out", type=Path, default=IMAGES, help="output folder")
+    args = parser.parse_args(argv)
+    os.environ["NAPARI_COVID_SEG_HOME"] = tempfile.mkdtemp(prefix="covidseg-shots-")
+
+    from napari_covid_seg._widgets._torch_guard import prepare_torch
+
+    prepare_torch()
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_covid_seg.models.store import ModelStore
+
+    model = ModelStore().resolve(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="napari-covid-seg")
+    viewer.window._qt_window.resize(*WINDOW)
+    app = QApplication.instance()
+    viewer.open_sample("napari-covid-seg", "chest_ct")
+    image = viewer.layers["sample CT"]
+
+    # 1. Segment lesions: run the model, show the mask and the quantification.
+    seg_dock, segment = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Segment lesions")
+    segment.refresh_models(select=str(model))
+    segment.want_uncertainty.setChecked(True)
+    segment.run()
+    wait(app, lambda: not segment.running)
+    labels = viewer.layers["sample CT lesions"]
+    z = busiest_slice(np.asarray(labels.data))
+    show_slice(viewer, image, z)
+    viewer.reset_view()
+    viewer.layers.selection.active = labels
+    wait(app, lambda: True)
+    path = args.out / "segment_widget.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print(f"wrote {path}")
+
+    # 2. Correct lesions: lesion list, review queue, HU-limited brush stroke.
+    seg_dock.close()
+    _, correct = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Correct lesions")
+    wait(app, lambda: correct.labels is labels)
+    correct.review_panel.next()
+    correct.review_panel.mark_reviewed()
+    correct.review_panel.mark_reviewed()
+    correct.lesion_panel.table.selectRow(0)
+    correct.lesion_panel.jump_to_row(0)
+    # Threshold paint: a brush stroke along the lower border of the largest lesion
+    # labels the ground-glass rim the model missed (-700..-300 HU) but none of
+    # the aerated lung (about -860 HU) the brush also covers.
+    tools = correct.tools_panel
+    tools.hu_low.setValue(-700.0)
+    tools.hu_high.setValue(-300.0)
+    tools.hu_limit.setChecked(True)
+    labels.mode = "paint"
+    labels.brush_size = 8
+    lesion = correct.lesion_panel.lesions[0]
+    z = round(lesion.centroid_zyx[0])
+    plane = np.asarray(labels.data[z]) > 0
+    with labels.block_history():
+        for x in range(lesion.bbox[2].start, lesion.bbox[2].stop, 2):
+            rows = np.flatnonzero(plane[:, x])
+            if rows.size:
+                labels.paint((z, int(rows.max()) + 3, x), 1, refresh=False)
+    labels.refresh()
+    viewer.scene.camera.zoom *= 1.6
+    correct.lesion_panel.refresh()
+    viewer.layers.selection.active = labels
+    wait(app, lambda: True)
+    path = args.out / "correct_widget.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print(f"wrote {path}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Layer helpers shared by the widgets: geometry, roles, layer pickers, navigation.
+
+Every layer the plugin makes from a CT image carries the image's ``scale``,
+``translate``, ``affine`` and ``units`` and a copy of its ``metadata["nifti"]``
+(so the npe2 writer saves a mask with the image's exact geometry). Plugin
+layers also carry ``metadata["covid_seg"]`` with at least a ``"role"``
+(``"lesions"``, ``"probability"``, ``"uncertainty"``, ``"attention"``) and the
+``"image_layer"`` they were made from.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QWidget
+
+from .._writer import volume_for_layer
+from ..errors import InvalidImageError
+from ..io import HU, WINDOWED, Volume, looks_windowed
+
+KEY = "covid_seg"
+LESIONS = "lesions"
+
+
+def plugin_meta(layer: Any) -> dict:
+    """``layer.metadata["covid_seg"]`` (created empty if missing)."""
+    return layer.metadata.setdefault(KEY, {})
+
+
+def role(layer: Any) -> str | None:
+    """The plugin role of a layer, or None for layers the plugin did not make."""
+    meta = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+    return meta.get("role") if isinstance(meta, dict) else None
+
+
+def is_ct_image(layer: Any) -> bool:
+    """A plain 2D/3D intensity Image layer (not RGB, not multiscale, not a plugin output)."""
+    from napari.layers import Image
+
+    return (
+        isinstance(layer, Image)
+        and not layer.rgb
+        and not layer.multiscale
+        and layer.ndim in (2, 3)
+        and role(layer) is None
+    )
+
+
+def is_labels(layer: Any) -> bool:
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels) and not layer.multiscale and layer.ndim in (2, 3)
+
+
+def layer_volume(layer: Any) -> Volume:
+    """The layer's voxels with their geometry (NIfTI metadata, else scale/translate/affine).
+
+    A 2D layer becomes a ``(1, y, x)`` Volume. Images without NIfTI metadata get
+    their intensity kind from their values (0..255 = already lung-windowed).
+    """
+    if layer.multiscale:
+        raise InvalidImageError(f"layer {layer.name!r} is multiscale; open a single-scale CT")
+    data = np.asarray(layer.data)
+    meta = {
+        "metadata": layer.metadata,
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "affine": np.asarray(layer.affine.affine_matrix),
+    }
+    vol = volume_for_layer(data, meta)
+    if "nifti" not in layer.metadata and not vol.is_mask and data.dtype.kind in "iuf":
+        from dataclasses import replace
+
+        vol = replace(vol, intensity=WINDOWED if looks_windowed(vol.data) else HU)
+    return vol
+
+
+def geometry_kwargs(image: Any) -> dict:
+    """Layer kwargs putting a new layer's voxels exactly on ``image``'s voxels."""
+    kwargs: dict[str, Any] = {
+        "scale": tuple(image.scale),
+        "translate": tuple(image.translate),
+        "affine": np.asarray(image.affine.affine_matrix).copy(),
+        "units": tuple(str(u) for u in image.units),
+        "metadata": {},
+    }
+    if "nifti" in image.metadata:
+        kwargs["metadata"]["nifti"] = copy.deepcopy(image.metadata["nifti"])
+    return kwargs
+
+
+def find_image_for(viewer: Any, labels: Any) -> Any | None:
+    """The CT Image layer a Labels layer belongs to (by name in its metadata, else by shape)."""
+    wanted = (labels.metadata.get(KEY) or {}).get("image_layer")
+    candidates = [layer for layer in viewer.layers if is_ct_image(layer)]
+    for layer in candidates:
+        if wanted is not None and layer.name == wanted and layer.data.shape == labels.data.shape:
+            return layer
+    same_shape = [layer for layer in candidates if layer.data.shape == labels.data.shape]
+    return same_shape[-1] if same_shape else None
+
+
+def current_index(viewer: Any, layer: Any) -> tuple[int, ...]:
+    """Data index of ``layer`` under the viewer's current dims point (rounded, clipped)."""
+    point = np.asarray(viewer.dims.point)[-layer.ndim :]
+    index = np.round(np.asarray(layer.world_to_data(point), dtype=float)).astype(int)
+    return tuple(int(np.clip(i, 0, n - 1)) for i, n in zip(index, layer.data.shape, strict=True))
+
+
+def jump_to(viewer: Any, layer: Any, index: Sequence[float], axis: int | None = None) -> None:
+    """Show data position ``index`` of ``layer``: slider(s) to it and the camera centred on it.
+
+    Args:
+        axis: a data axis that must be sliced (not displayed), e.g. the axial axis;
+            the viewer's axis order is changed if it is displayed in 2D.
+    """
+    offset = viewer.dims.ndim - layer.ndim
+    if axis is not None and viewer.dims.ndisplay == 2:
+        world_axis = offset + axis
+        if world_axis in viewer.dims.displayed:
+            order = [a for a in viewer.dims.order if a != world_axis]
+            viewer.dims.order = (world_axis, *order)
+    world = np.asarray(layer.data_to_world(np.asarray(index, dtype=float)), dtype=float)
+    full = np.asarray(viewer.dims.point, dtype=float)
+    full[offset:] = world
+    for ax in viewer.dims.not_displayed:
+        viewer.dims.set_point(ax, full[ax])
+    camera(viewer).center = tuple(full[list(viewer.dims.displayed)])
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers that pass ``accept``, kept up to date.
+
+    A newly inserted layer becomes the choice when ``prefer(layer)`` is True (default:
+    any accepted layer) or nothing was chosen. ``current_layer()`` returns the
+    chosen layer (or None).
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        accept: Callable[[Any], bool],
+        parent: QWidget | None = None,
+        prefer: Callable[[Any], bool] | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._accept = accept
+        self._prefer = prefer or accept
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        self.refresh()
+
+    def disconnect_viewer(self) -> None:
+        for event in ("inserted", "removed", "moved"):
+            getattr(self._viewer.layers.events, event).disconnect(self.refresh)
+
+    def layers(self) -> list[Any]:
+        return [layer for layer in self._viewer.layers if self._accept(layer)]
+
+    def refresh(self, event: Any = None) -> None:
+        """Rebuild the list, keeping the current choice when it still exists."""
+        current = self.current_layer()
+        inserted = getattr(event, "value", None) if event is not None else None
+        layers = self.layers()
+        self.blockSignals(True)
+        self.clear()
+        for layer in layers:
+            self.addItem(layer.name, layer)
+            layer.events.name.disconnect(self.refresh)
+            layer.events.name.connect(self.refresh)
+        self.blockSignals(False)
+        is_insert = getattr(event, "type", "") == "inserted"
+        if is_insert and inserted in layers and (self._prefer(inserted) or current is None):
+            pick = inserted
+        else:
+            pick = current if current in layers else (layers[-1] if layers else None)
+        self.blockSignals(True)
+        self.set_layer(pick)
+        self.blockSignals(False)
+        if pick is not current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def current_layer(self) -> Any | None:
+        index = self.currentIndex()
+        return self.itemData(index) if index >= 0 else None
+
+    def set_layer(self, layer: Any | None) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+        self.setCurrentIndex(-1)

@@ -1,0 +1,810 @@
+"""The "Fine-tune model" dock widget: close the human-in-the-loop.
+
+Pick a base model version, the dataset folder(s) written by "Export for
+training", epochs, device and (optionally) a replay folder of the base's
+training data; Start runs :mod:`napari_covid_seg.training.worker` in a
+separate process (``QProcess``: GPU memory is released when it ends and a
+crash cannot take napari down) and plots its JSON progress events (loss and
+validation Dice per epoch, time left) as they arrive. Cancel sends SIGTERM
+(and ``stop`` on the worker's stdin): the epoch in progress is dropped and the
+best version so far is kept.
+
+When the run finishes the worker has registered the new version in the model
+store; the widget shows old vs new validation Dice on the same slices and
+selects the new version in the Segment widget docked in the same viewer (by
+default only when it does not score worse than the base there; otherwise it
+says so and offers "Use <new>" instead), with a one-click Roll back to the
+previously selected model. Any failure (empty dataset,
+mismatched image/mask, out of memory, the process dying) ends in one napari
+notification and leaves the Segment widget's selection untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QProcess, QProcessEnvironment, Qt, QTimer
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._notify import notify_error, notify_info, notify_warning
+from ._plot import TrainingPlot
+
+PATH_ROLE = Qt.ItemDataRole.UserRole + 1  # a model version's folder in the base list
+#: Devices offered (the worker says clearly when one is not available).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEFAULT_EPOCHS = 15
+#: Learning rates offered, the default first (3e-5 did the least damage on a few
+#: slices in docs/loop_experiment.md; the base models trained at a 1e-3 peak).
+LEARNING_RATES: tuple[str, ...] = ("3e-5", "1e-4", "1e-5", "3e-4")
+#: A few corrected slices are resampled (augmented) to this many samples per epoch.
+MIN_SAMPLES_PER_EPOCH = 16
+#: Seconds to wait for a clean stop after Cancel before the process is killed.
+CANCEL_GRACE_S = 120
+_STDERR_KEEP = 20_000
+
+
+# -- pure helpers (no Qt) --------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetSummary:
+    """What a dataset folder holds (see :func:`~napari_covid_seg.training.worker.count_slices`)."""
+
+    path: str
+    layout: str = ""  # "nnunet_v2", "slices2d" or "" when not a dataset
+    n_cases: int = 0
+    n_slices: int = 0  # slices training will use (reviewed ones where listed)
+    n_reviewed_cases: int = 0  # cases with an explicit reviewed-slice list
+    problem: str = ""
+
+    def text(self) -> str:
+        name = Path(self.path).name or self.path
+        if self.problem:
+            return f"{name}: {self.problem}"
+        if self.layout == "slices2d":
+            return f"{name}: {self.n_slices} 2D slices"
+        reviewed = (
+            f", {self.n_reviewed_cases} with reviewed-slice lists" if self.n_reviewed_cases else ""
+        )
+        return f"{name}: {self.n_cases} case(s), {self.n_slices} slices to train on{reviewed}"
+
+
+def summarize_dataset(folder: str | os.PathLike) -> DatasetSummary:
+    """Cases and slices fine-tuning will use, from JSON and NIfTI headers only."""
+    from ..training.worker import count_slices
+
+    return DatasetSummary(path=str(folder), **count_slices(folder))
+
+
+def find_segment_widget(viewer: Any) -> Any | None:
+    """The Segment widget docked in ``viewer`` (has ``refresh_models`` and ``selected_model``)."""
+    window = getattr(viewer, "window", None)
+    docks = getattr(window, "dock_widgets", None) or {}
+    for widget in list(docks.values()):
+        for cand in (widget, getattr(widget, "native", None)):
+            if (
+                cand is not None
+                and callable(getattr(cand, "refresh_models", None))
+                and callable(getattr(cand, "selected_model", None))
+            ):
+                return cand
+    return None
+
+
+def replay_suggestion(
+    model_path: str | os.PathLike, _depth: int = 0
+) -> tuple[str, int | None] | None:
+    """The original training data of a model version (folder, ``rotate_k``) if on disk.
+
+    A trained version: the first folder it was trained on. A fine-tuned
+    version: the replay folder its fine-tune used, else its parent's
+    suggestion (``provenance.parent_path``), not the corrected exports.
+    """
+    from ..models.metadata import read_model_json
+
+    try:
+        meta = read_model_json(Path(model_path))
+    except Exception:
+        return None
+    prov = meta.get("provenance") or {}
+    sources = [s for s in prov.get("data") or [] if isinstance(s, dict) and s.get("path")]
+    finetune = prov.get("finetune")
+    if isinstance(finetune, dict):
+        candidates = [str(p) for p in finetune.get("replay_dirs") or []]
+    else:
+        candidates = [str(s["path"]) for s in sources]
+    for path in candidates:
+        if Path(path).is_dir():
+            k = next((s.get("rotate_k") for s in sources if _same_path(path, s["path"])), None)
+            return path, None if k is None else int(k)
+    parent = prov.get("parent_path")
+    if isinstance(finetune, dict) and parent and _depth < 8:
+        return replay_suggestion(parent, _depth + 1)
+    return None
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``"~45 s"``, ``"~3 min"``, ``"~1 h 05 min"``."""
+    if seconds is None:
+        return ""
+    s = max(0.0, float(seconds))
+    if s < 90:
+        return f"~{s:.0f} s"
+    if s < 3600:
+        return f"~{s / 60:.0f} min"
+    return f"~{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+@dataclass
+class RunState:
+    """One worker run: what was asked, what came back."""
+
+    base: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cancelled: bool = False
+    stderr: str = ""
+    stdout_buffer: str = ""
+    finished: bool = False
+    exit_code: int | None = None
+    crashed: bool = False
+
+
+# -- the widget ------------------------------------------------------------------------------------
+
+
+class FineTuneWidget(QWidget):
+    """Dock widget "Fine-tune model"; see the module docstring.
+
+    Public for scripts and tests: :meth:`add_dataset`, :meth:`start`,
+    :meth:`cancel`, :meth:`rollback`, :meth:`is_running`, :attr:`run`
+    (the last :class:`RunState`), :attr:`plot`, :attr:`extra_worker_args`
+    (appended to the worker command line, e.g. ``["--amp", "off"]``).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.run: RunState | None = None
+        self.extra_worker_args: list[str] = []
+        self.rollback_target: str | None = None
+        self.new_model: str | None = None
+        self._using_new = False
+        self._replay_rotate_k: int | None = None
+        self._replay_suggested: str | None = None
+        self._replay_user_choice = False  # the user ticked/unticked replay themselves
+        self._process: QProcess | None = None
+        self._kill_timer = QTimer(self)
+        self._kill_timer.setSingleShot(True)
+        self._kill_timer.timeout.connect(self._kill)
+        self._build_ui()
+        self.refresh_models()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+
+    # -- UI ------------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.base_combo = QComboBox()
+        self.base_combo.setToolTip("The model version to continue training from")
+        self.base_combo.currentIndexChanged.connect(self._on_base_changed)
+        refresh = QPushButton("↻")
+        refresh.setFixedWidth(28)
+        refresh.setToolTip("Reload the model list")
+        refresh.clicked.connect(lambda: self.refresh_models())
+        row = QHBoxLayout()
+        row.addWidget(self.base_combo, 1)
+        row.addWidget(refresh)
+        form.addRow("Base model", row)
+
+        self.data_list = QListWidget()
+        self.data_list.setMaximumHeight(64)
+        self.data_list.setToolTip("Folders written by 'Export for training' (nnU-Net v2 raw)")
+        add = QPushButton("Add folder…")
+        add.clicked.connect(self._browse_dataset)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(self._remove_dataset)
+        buttons = QHBoxLayout()
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        box = QVBoxLayout()
+        box.addWidget(self.data_list)
+        box.addLayout(buttons)
+        form.addRow("Corrected data", box)
+        self.data_summary = QLabel("No dataset folder yet")
+        self.data_summary.setWordWrap(True)
+        form.addRow("", self.data_summary)
+
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 1000)
+        self.epochs_spin.setValue(DEFAULT_EPOCHS)
+        self.epochs_spin.setToolTip(
+            "Upper bound; early stopping ends sooner when validation Dice stops improving"
+        )
+        form.addRow("Epochs", self.epochs_spin)
+        self.lr_combo = QComboBox()
+        self.lr_combo.setEditable(True)
+        self.lr_combo.addItems(LEARNING_RATES)
+        self.lr_combo.setToolTip("Learning rate (AdamW, cosine decay)")
+        form.addRow("Learning rate", self.lr_combo)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        form.addRow("Device", self.device_combo)
+
+        self.replay_check = QCheckBox("Replay earlier training data")
+        self.replay_check.setToolTip(
+            "Mix a sample of the base model's training data into each epoch so it does not "
+            "forget what it knew (slower; on by default where that data is on this computer: "
+            "it limited the damage of fine-tuning on a few slices in docs/loop_experiment.md)"
+        )
+        self.replay_check.clicked.connect(self._on_replay_clicked)
+        self.replay_edit = QLineEdit()
+        self.replay_edit.setPlaceholderText("folder with the base model's training data")
+        self.replay_edit.textChanged.connect(self._on_replay_edited)
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(self._browse_replay)
+        row = QHBoxLayout()
+        row.addWidget(self.replay_edit, 1)
+        row.addWidget(browse)
+        box = QVBoxLayout()
+        box.addWidget(self.replay_check)
+        box.addLayout(row)
+        form.addRow("Replay", box)
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("<base>-ft")
+        form.addRow("New name", self.name_edit)
+        self.only_if_better = QCheckBox("Use it only if validation Dice improves")
+        self.only_if_better.setChecked(True)
+        self.only_if_better.setToolTip(
+            "Select the new version in the Segment widget only if it beats the base model on "
+            "the same validation slices (it is registered either way)"
+        )
+        form.addRow("", self.only_if_better)
+        layout.addLayout(form)
+
+        row = QHBoxLayout()
+        self.start_button = QPushButton("Start fine-tuning")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop after the current batch and keep the best version")
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.start_button, 1)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        layout.addWidget(self.progress)
+        self.status_label = QLabel("Idle")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        self.plot = TrainingPlot(self)
+        self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        layout.addWidget(self.plot, 1)
+
+        result = QGroupBox("Result")
+        box = QVBoxLayout(result)
+        self.result_label = QLabel("No fine-tuned model yet")
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.addWidget(self.result_label)
+        self.rollback_button = QPushButton("Roll back")
+        self.rollback_button.setEnabled(False)
+        self.rollback_button.setToolTip("Select the previous model in the Segment widget again")
+        self.rollback_button.clicked.connect(self._on_rollback_clicked)
+        box.addWidget(self.rollback_button)
+        layout.addWidget(result)
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """Reload the store's model versions; keep (or set) the selection."""
+        from ..models.store import ModelStore
+
+        keep = select or self.selected_base()
+        self.base_combo.blockSignals(True)
+        self.base_combo.clear()
+        try:
+            infos = [i for i in ModelStore().list() if i.error is None]
+        except Exception as err:
+            infos = []
+            self.status_label.setText(f"Cannot list models: {err}")
+        for info in infos:
+            dice = info.val_dice
+            label = info.name + (f"  (val Dice {dice:.3f})" if dice is not None else "")
+            if info.parent:
+                label += f"  ← {info.parent}"
+            self.base_combo.addItem(label, info.name)
+            row = self.base_combo.count() - 1
+            self.base_combo.setItemData(row, str(info.path), PATH_ROLE)
+            self.base_combo.setItemData(row, str(info.path), Qt.ItemDataRole.ToolTipRole)
+        if keep is None:
+            seg = find_segment_widget(self.viewer)
+            keep = _call(seg, "selected_model") if seg is not None else None
+        index = self._find_base(keep) if keep is not None else -1
+        self.base_combo.setCurrentIndex(max(0, index) if self.base_combo.count() else -1)
+        self.base_combo.blockSignals(False)
+        self._on_base_changed()
+
+    def _find_base(self, spec: str) -> int:
+        """Row of a model given by store name or folder path (-1 if not listed)."""
+        for row in range(self.base_combo.count()):
+            name = self.base_combo.itemData(row)
+            path = self.base_combo.itemData(row, PATH_ROLE)
+            if spec in (name, path) or _same_path(str(spec), path):
+                return row
+        return -1
+
+    def selected_base(self) -> str | None:
+        """Store name of the chosen base model (None when the store is empty)."""
+        data = self.base_combo.currentData()
+        return None if data is None else str(data)
+
+    def _on_base_changed(self, *_: Any) -> None:
+        from ..models.store import ModelStore
+
+        name = self.selected_base()
+        suggestion = None
+        if name is not None:
+            try:
+                suggestion = replay_suggestion(ModelStore().resolve(name))
+            except Exception:
+                suggestion = None
+        current = self.replay_edit.text().strip()
+        if suggestion is not None and (not current or current == self._replay_suggested):
+            self._replay_suggested = suggestion[0]
+            self.replay_edit.setText(suggestion[0])
+            self._replay_rotate_k = suggestion[1]
+            if not self._replay_user_choice:
+                self.replay_check.setChecked(True)
+        self._update_start_enabled()
+
+    def _on_replay_clicked(self, checked: bool) -> None:
+        self._replay_user_choice = True
+
+    # -- datasets --------------------------------------------------------------------------------
+
+    def datasets(self) -> list[str]:
+        """The dataset folders listed, in order."""
+        return [self.data_list.item(i).text() for i in range(self.data_list.count())]
+
+    def add_dataset(self, folder: str | os.PathLike) -> DatasetSummary:
+        """Add a dataset folder (once) and update the summary line."""
+        text = os.fspath(folder)
+        if text not in self.datasets():
+            self.data_list.addItem(text)
+        self._update_summary()
+        return summarize_dataset(text)
+
+    def _browse_dataset(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Dataset folder (Export for training)")
+        if folder:
+            self.add_dataset(folder)
+
+    def _remove_dataset(self) -> None:
+        for item in self.data_list.selectedItems():
+            self.data_list.takeItem(self.data_list.row(item))
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        sums = [summarize_dataset(d) for d in self.datasets()]
+        if not sums:
+            self.data_summary.setText("No dataset folder yet")
+        else:
+            cases = sum(s.n_cases for s in sums if not s.problem)
+            slices = sum(s.n_slices for s in sums if not s.problem)
+            lines = [s.text() for s in sums]
+            if len(sums) > 1:
+                lines.append(f"total: {cases} case(s), {slices} slices")
+            self.data_summary.setText("\n".join(lines))
+        self._update_start_enabled()
+
+    def _browse_replay(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "The base model's training data")
+        if folder:
+            self.replay_edit.setText(folder)
+            self.replay_check.setChecked(True)
+
+    def _on_replay_edited(self, text: str) -> None:
+        if text.strip() != (self._replay_suggested or ""):
+            self._replay_rotate_k = None
+
+    def _update_start_enabled(self) -> None:
+        ready = self.selected_base() is not None and bool(self.datasets())
+        self.start_button.setEnabled(ready and not self.is_running())
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return (
+            self._process is not None and self._process.state() != QProcess.ProcessState.NotRunning
+        )
+
+    def worker_arguments(self) -> list[str]:
+        """The worker's command line (after ``python -m napari_covid_seg.training.worker``)."""
+        args = ["--base", self.selected_base() or "", "--stdin-control"]
+        for folder in self.datasets():
+            args += ["--data", folder]
+        args += ["--epochs", str(self.epochs_spin.value())]
+        args += ["--lr", self.lr_combo.currentText().strip()]
+        args += ["--min-samples-per-epoch", str(MIN_SAMPLES_PER_EPOCH)]
+        args += ["--device", self.device_combo.currentText()]
+        replay = self.replay_edit.text().strip()
+        if (
+            self.replay_check.isChecked()
+            and replay
+            and not any(_same_path(replay, d) for d in self.datasets())
+        ):
+            args += ["--replay", replay]
+            if self._replay_rotate_k is not None:
+                args += ["--replay-rotate-k", str(self._replay_rotate_k)]
+        name = self.name_edit.text().strip()
+        if name:
+            args += ["--name", name]
+        return args + list(self.extra_worker_args)
+
+    def start(self) -> None:
+        """Start the worker process (no-op while one runs)."""
+        if self.is_running():
+            return
+        base = self.selected_base()
+        if base is None or not self.datasets():
+            self._notify_error("Choose a base model and at least one dataset folder first")
+            return
+        try:
+            lr = float(self.lr_combo.currentText())
+        except ValueError:
+            lr = -1.0
+        if not 0 < lr < 1:
+            self._notify_error(
+                f"Learning rate {self.lr_combo.currentText()!r} is not a number between 0 and 1 "
+                "(e.g. 3e-5)"
+            )
+            return
+        if self._process is not None:  # the finished process of the previous run
+            self._process.deleteLater()
+        self.run = RunState(base=base)
+        self.plot.clear()
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        self.result_label.setText("Running…")
+        self.status_label.setText("Starting the fine-tuning process…")
+        proc = QProcess(self)
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert("PYTHONUNBUFFERED", "1")
+        proc.setProcessEnvironment(env)
+        proc.setProgram(sys.executable)
+        proc.setArguments(["-m", "napari_covid_seg.training.worker", *self.worker_arguments()])
+        proc.readyReadStandardOutput.connect(self._read_stdout)
+        proc.readyReadStandardError.connect(self._read_stderr)
+        proc.finished.connect(self._on_finished)
+        proc.errorOccurred.connect(self._on_process_error)
+        self._process = proc
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        proc.start()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop after the current batch (the best version is kept)."""
+        proc = self._process
+        if proc is None or not self.is_running() or self.run is None:
+            return
+        self.run.cancelled = True
+        self.cancel_button.setEnabled(False)
+        self.status_label.setText("Stopping after the current batch; keeping the best version…")
+        proc.write(b"stop\n")
+        proc.terminate()  # SIGTERM on POSIX; the stdin line covers Windows
+        self._kill_timer.start(CANCEL_GRACE_S * 1000)
+
+    def shutdown(self, timeout_ms: int = 15_000) -> None:
+        """Stop a running worker and wait for it (napari is closing)."""
+        proc = self._process
+        if proc is None or proc.state() == QProcess.ProcessState.NotRunning:
+            return
+        if self.run is not None:
+            self.run.cancelled = True
+        proc.write(b"stop\n")
+        proc.terminate()
+        if not proc.waitForFinished(timeout_ms):
+            proc.kill()
+            proc.waitForFinished(5000)
+
+    def _kill(self) -> None:
+        if self.is_running() and self._process is not None:
+            self._process.kill()
+
+    # -- process output --------------------------------------------------------------------------
+
+    def _read_stdout(self) -> None:
+        if self._process is None or self.run is None:
+            return
+        chunk = bytes(self._process.readAllStandardOutput().data()).decode("utf-8", "replace")
+        self.run.stdout_buffer += chunk
+        *lines, self.run.stdout_buffer = self.run.stdout_buffer.split("\n")
+        for line in lines:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._handle_event(event)
+
+    def _read_stderr(self) -> None:
+        if self._process is None or self.run is None:
+            return
+        chunk = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
+        self.run.stderr = (self.run.stderr + chunk)[-_STDERR_KEEP:]
+
+    def _handle_event(self, event: dict[str, Any]) -> None:
+        assert self.run is not None
+        self.run.events.append(event)
+        kind = event.get("event")
+        if kind == "loading":
+            self.status_label.setText(f"Loading {event.get('base')} and the data…")
+        elif kind == "start":
+            self.status_label.setText(
+                f"Training on {event.get('n_train')} slices, validating on "
+                f"{event.get('n_val')} ({event.get('device')})…"
+            )
+        elif kind == "batch":
+            epochs = max(1, int(event.get("epochs") or 1))
+            done = (int(event["epoch"]) - 1 + event["batch"] / max(1, event["batches"])) / epochs
+            self.progress.setValue(int(1000 * min(1.0, done)))
+            self.progress.setFormat(
+                f"epoch {event['epoch']}/{epochs} · batch {event['batch']}/{event['batches']}"
+            )
+        elif kind == "epoch":
+            self.plot.add_epoch(
+                event["epoch"],
+                event.get("train_loss"),
+                event.get("val_loss"),
+                event.get("val_dice"),
+            )
+            epochs = max(1, int(event.get("epochs") or 1))
+            self.progress.setValue(int(1000 * event["epoch"] / epochs))
+            self.progress.setFormat(f"epoch {event['epoch']}/{epochs}")
+            dice = event.get("val_dice")
+            left = format_seconds(event.get("seconds_left"))
+            text = f"Epoch {event['epoch']}/{epochs} · loss {event.get('train_loss', 0):.4f}"
+            if dice is not None:
+                text += f" · val Dice {dice:.3f}"
+            if left and event["epoch"] < epochs:
+                text += f" · {left} left (or sooner: early stopping)"
+            self.status_label.setText(text)
+        elif kind == "comparing":
+            self.status_label.setText("Comparing the old and new model on the validation slices…")
+        elif kind == "done":
+            self.run.done = event
+            cmp = event.get("comparison") or {}
+            self.plot.set_baseline(cmp.get("old_dice"))
+        elif kind == "error":
+            self.run.error = event
+
+    def _on_process_error(self, error: Any) -> None:
+        if error == QProcess.ProcessError.FailedToStart and self.run is not None:
+            self.run.finished = True
+            self._reset_buttons()
+            self._notify_error(
+                f"Could not start the fine-tuning process ({sys.executable}): "
+                f"{self._process.errorString() if self._process else error}"
+            )
+
+    def _on_finished(self, exit_code: int, exit_status: Any) -> None:
+        self._kill_timer.stop()
+        self._read_stdout()
+        self._read_stderr()
+        run = self.run
+        if run is None or run.finished:
+            return
+        run.finished = True
+        run.exit_code = int(exit_code)
+        run.crashed = exit_status == QProcess.ExitStatus.CrashExit
+        self._reset_buttons()
+        if run.done is not None and run.done.get("name"):
+            self._finish_success(run.done)
+            return
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        if run.error is not None:
+            message = str(run.error.get("message") or "Fine-tuning failed")
+            if run.error.get("kind") == "CancelledError" and run.cancelled:
+                self.status_label.setText("Cancelled")
+                self.result_label.setText(
+                    "Cancelled before the first epoch finished; nothing was saved."
+                )
+                self._notify_info(f"{message}. The previous model is still selected.")
+                return
+            self._fail(message)
+            return
+        if run.cancelled:
+            self.status_label.setText("Cancelled")
+            self.result_label.setText("Cancelled; nothing was saved.")
+            self._notify_info(
+                "Fine-tuning was cancelled; nothing was saved. The previous model "
+                "is still selected."
+            )
+            return
+        tail = _last_line(run.stderr)
+        how = "crashed" if run.crashed else f"exited with code {run.exit_code}"
+        self._fail(
+            f"The fine-tuning process {how} without a result"
+            + (" (killed: possibly out of memory)" if run.crashed else "")
+            + (f": {tail}" if tail else "")
+            + ". Nothing was registered; the previous model is unchanged."
+        )
+
+    def _reset_buttons(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self._update_start_enabled()
+
+    def _fail(self, message: str) -> None:
+        self.status_label.setText("Failed")
+        self.result_label.setText(message)
+        self._notify_error(message)
+
+    def _finish_success(self, done: dict[str, Any]) -> None:
+        name = str(done["name"])
+        self.new_model = name
+        self.progress.setValue(1000)
+        self.progress.setFormat("done")
+        cmp = done.get("comparison") or {}
+        metrics = done.get("metrics") or {}
+        if cmp.get("old_dice") is not None and cmp.get("new_dice") is not None:
+            old, new = float(cmp["old_dice"]), float(cmp["new_dice"])
+            compare = (
+                f"Validation Dice on {cmp.get('n_slices')} held-out slice(s): "
+                f"old {old:.3f} → new {new:.3f} ({new - old:+.3f})"
+            )
+        elif metrics.get("val_dice") is not None:
+            compare = f"Validation Dice of the new model: {float(metrics['val_dice']):.3f}"
+        else:
+            compare = "No validation slices: no Dice to compare"
+        stopped = done.get("stopped")
+        how = {
+            "cancelled": f"stopped after epoch {done.get('epochs_run')} (cancelled)",
+            "early_stopping": f"early stopping after epoch {done.get('epochs_run')}",
+        }.get(str(stopped), f"{done.get('epochs_run')} epochs")
+        improved = (
+            cmp.get("old_dice") is None
+            or cmp.get("new_dice") is None
+            or float(cmp["new_dice"]) >= float(cmp["old_dice"])
+        )
+        switch = improved or not self.only_if_better.isChecked()
+        seg = find_segment_widget(self.viewer)
+        previous = _call(seg, "selected_model") if seg is not None else None
+        self.rollback_target = str(previous) if previous else done.get("base")
+        if seg is None:
+            where = "open the Segment widget to use it"
+        elif switch:
+            seg.refresh_models(select=name)
+            where = "selected in the Segment widget"
+        else:
+            seg.refresh_models()  # list it, keep the current choice
+            where = (
+                f"not selected: it does not beat '{_display_name(self.rollback_target)}' on "
+                "the validation slices"
+            )
+        self._using_new = seg is not None and switch
+        self.refresh_models(select=name if switch else None)
+        self._update_rollback_button(seg is not None)
+        self.status_label.setText(f"Done: {how}; best epoch {metrics.get('best_epoch')}")
+        self.result_label.setText(
+            f"New version '{name}' (parent {done.get('parent')}), {where}.\n{compare}"
+        )
+        message = f"Fine-tuned model '{name}' registered; {where}. {compare}"
+        if switch:
+            self._notify_info(message)
+        else:
+            notify_warning(message + ". Use the Fine-tune widget's button to use it anyway.")
+
+    def _update_rollback_button(self, enabled: bool = True) -> None:
+        if self._using_new:
+            self.rollback_button.setText(f"Roll back to {_display_name(self.rollback_target)}")
+            self.rollback_button.setToolTip("Select the previous model in the Segment widget")
+        else:
+            self.rollback_button.setText(f"Use {self.new_model}")
+            self.rollback_button.setToolTip("Select the fine-tuned model in the Segment widget")
+        self.rollback_button.setEnabled(
+            enabled and self.new_model is not None and self.rollback_target is not None
+        )
+
+    def _on_rollback_clicked(self) -> None:
+        if self._using_new:
+            self.rollback()
+        else:
+            self.use_new_model()
+
+    def rollback(self) -> None:
+        """Select the model that was in use before the last fine-tune in the Segment widget."""
+        target = self.rollback_target
+        seg = find_segment_widget(self.viewer)
+        if target is None or seg is None:
+            return
+        seg.refresh_models(select=target)
+        self.refresh_models(select=target)
+        self._using_new = False
+        self._update_rollback_button()
+        self.status_label.setText(
+            f"Rolled back: the Segment widget uses '{_display_name(target)}' again "
+            f"('{self.new_model}' stays in the model store)."
+        )
+
+    def use_new_model(self) -> None:
+        """Select the last fine-tuned version in the Segment widget."""
+        seg = find_segment_widget(self.viewer)
+        if self.new_model is None or seg is None:
+            return
+        seg.refresh_models(select=self.new_model)
+        self.refresh_models(select=self.new_model)
+        self._using_new = True
+        self._update_rollback_button()
+        self.status_label.setText(f"The Segment widget uses '{self.new_model}'.")
+
+    # -- notifications ---------------------------------------------------------------------------
+
+    def _notify_error(self, message: str) -> None:
+        notify_error(message)
+
+    def _notify_info(self, message: str) -> None:
+        notify_info(message)
+
+
+def _call(obj: Any, method: str) -> Any:
+    try:
+        return getattr(obj, method)()
+    except Exception:
+        return None
+
+
+def _same_path(a: str, b: str | None) -> bool:
+    if not b:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def _display_name(spec: str | None) -> str:
+    """A model's store name from a name or a version folder path."""
+    if spec is None:
+        return "?"
+    path = Path(str(spec))
+    return path.name if len(path.parts) > 1 else str(spec)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""

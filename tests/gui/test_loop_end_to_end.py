@@ -1,0 +1,98 @@
+"""The whole human-in-the-loop in one napari window, on the phantom sample.
+
+open sample -> segment (Segment widget) -> correct some slices -> export for
+training -> fine-tune (Fine-tune widget, real worker subprocess) -> the new
+version is selected in the Segment widget -> segment again -> a new Labels layer
+made by the new version, with the image's geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_covid_seg._widgets._layers import layer_volume
+from napari_covid_seg._widgets._segment_layers import is_edited
+from napari_covid_seg._widgets.finetune import FineTuneWidget
+from napari_covid_seg._widgets.segment import SegmentWidget
+from napari_covid_seg.io.dataset_export import export_case
+from napari_covid_seg.models.store import ModelStore
+
+from .conftest import dice
+
+TIMEOUT_MS = 240_000
+
+
+def test_segment_correct_export_finetune_segment_again(
+    make_napari_viewer, qtbot, tiny_model, tmp_path
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-covid-seg", "chest_ct")
+    image, truth = viewer.layers["sample CT"], viewer.layers["sample CT truth"]
+    store = ModelStore()
+    store.register(tiny_model)
+    # "No" to replacing the corrected mask: the second run adds a new layer
+    seg = SegmentWidget(viewer, store=store, confirm=lambda title, text: False)
+    viewer.window.add_dock_widget(seg, name="Segment lesions")
+    seg.refresh_models(select="tiny-phantom")
+    seg.device_combo.setCurrentText("cpu")
+
+    # 1. segment with the current model
+    assert seg.run() is not None
+    qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT_MS)
+    labels = viewer.layers["sample CT lesions"]
+    assert labels.metadata["covid_seg"]["model_version"] == "tiny-phantom"
+    first = np.array(labels.data)
+
+    # 2. the human corrects 8 lesion slices to the truth (a direct edit of the layer)
+    zs = [int(z) for z in np.flatnonzero(np.asarray(truth.data).any(axis=(1, 2)))]
+    reviewed = zs[:: max(1, len(zs) // 8)][:8]
+    corrected = np.array(labels.data)
+    corrected[reviewed] = np.asarray(truth.data)[reviewed]
+    labels.data = corrected
+    assert is_edited(labels)
+    before = dice(first[reviewed], np.asarray(truth.data)[reviewed])
+    assert dice(labels.data[reviewed], np.asarray(truth.data)[reviewed]) == 1.0 > before
+
+    # 3. export for training (nnU-Net v2 raw + reviewed slices)
+    export = tmp_path / "corrected"
+    case = export_case(
+        export,
+        layer_volume(image),
+        np.asarray(labels.data),
+        case_id="sample_ct",
+        reviewed_slices=reviewed,
+        provenance={"model_version": labels.metadata["covid_seg"]["model_version"]},
+    )
+    assert case == "sample_ct" and (export / "labelsTr" / "sample_ct.nii.gz").is_file()
+
+    # 4. fine-tune a few steps (one epoch of 16 resampled slices) in the Fine-tune widget
+    ft = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(ft, name="Fine-tune model")
+    assert ft.selected_base() == "tiny-phantom"
+    summary = ft.add_dataset(export)
+    assert (summary.n_cases, summary.n_slices) == (1, len(reviewed))
+    ft.epochs_spin.setValue(1)
+    ft.device_combo.setCurrentText("cpu")
+    ft.only_if_better.setChecked(False)
+    ft.lr_combo.setCurrentText("1e-3")
+    ft.extra_worker_args = ["--amp", "off"]
+    ft.start()
+    qtbot.waitUntil(lambda: ft.run is not None and ft.run.finished, timeout=TIMEOUT_MS)
+    assert ft.run.done is not None, ft.run.stderr[-3000:]
+    assert ft.plot.n_points() == 1
+
+    # 5. the new version is in the store and selected in the Segment widget
+    info = store.info("tiny-phantom-ft")
+    assert info.parent == "tiny-phantom"
+    assert seg.selected_model() == str(info.path)
+
+    # 6. segment again: a new Labels layer from the new version, same geometry
+    assert seg.run() is not None
+    qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT_MS)
+    new = viewer.layers["sample CT lesions (new)"]
+    assert new is not labels and new.metadata["covid_seg"]["model_version"] == "tiny-phantom-ft"
+    assert new.data.shape == image.data.shape and new.data.dtype == np.uint8
+    np.testing.assert_array_equal(new.scale, image.scale)
+    np.testing.assert_array_equal(new.translate, image.translate)
+    np.testing.assert_array_equal(labels.data, corrected)  # the corrections are kept
+    assert not np.array_equal(new.data, first)  # the fine-tuned weights predict differently
