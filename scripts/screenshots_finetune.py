@@ -61,9 +61,11 @@ def finetune_widget_screenshot(
     store = ModelStore()
     if base != "default" or not (store.bundled_dir / "default" / "model.json").is_file():
         base = store.register(store.resolve(base)).name
-    # Import the model code on the main thread: importing torchvision (and triton) for the
-    # first time inside a Qt worker thread can crash on a small thread stack.
-    import napari_covid_seg.models.architectures  # noqa: F401
+    # torch/torchvision before the canvas: triton's LLVM crashes next to Mesa's llvmpipe
+    # (see _widgets/_torch_guard.py). The Segment widget guards this itself too.
+    from napari_covid_seg._widgets._torch_guard import prepare_torch
+
+    prepare_torch()
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(*size)

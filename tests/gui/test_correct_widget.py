@@ -199,6 +199,20 @@ def test_review_queue_order_and_progress(make_napari_viewer, qtbot):
     assert review.previous() == queued[1]
     assert review.reviewed_slices() == [int(queued[0]), int(queued[1])]
 
+    # A new segmentation replaces the mask: fresh undo history and review queue.
+    widget.tools_panel.grow()
+    assert len(widget.session.history) == 1
+    new = np.zeros_like(labels.data)
+    new[10:14, 100:120, 100:120] = 1
+    labels.metadata["covid_seg"]["review"] = ReviewQueue(
+        np.ones(new.shape[0]), include=new.any(axis=(1, 2))
+    ).to_dict()
+    labels.data = new
+    assert len(widget.session.history) == 0
+    assert review.progress.text() == "0/4 reviewed"
+    widget.lesion_panel.refresh()
+    assert widget.lesion_panel.table.rowCount() == 1
+
 
 def test_autosave_restores_after_closing_and_reopening(make_napari_viewer, qtbot, tmp_path):
     root = tmp_path / "autosave"

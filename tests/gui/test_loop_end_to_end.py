@@ -1,23 +1,23 @@
 """The whole human-in-the-loop in one napari window, on the phantom sample.
 
-open sample -> segment (Segment widget) -> correct some slices -> export for
-training -> fine-tune (Fine-tune widget, real worker subprocess) -> the new
-version is selected in the Segment widget -> segment again -> a new Labels layer
-made by the new version, with the image's geometry.
+open sample -> segment (Segment widget) -> review and correct slices (Correct
+widget) -> export for training (its export panel) -> fine-tune (Fine-tune
+widget, real worker subprocess) -> the new version is selected in the Segment
+widget -> segment again -> a new Labels layer made by the new version, with the
+image's geometry.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from napari_covid_seg._widgets._layers import layer_volume
 from napari_covid_seg._widgets._segment_layers import is_edited
+from napari_covid_seg._widgets.correct import CorrectWidget
 from napari_covid_seg._widgets.finetune import FineTuneWidget
 from napari_covid_seg._widgets.segment import SegmentWidget
-from napari_covid_seg.io.dataset_export import export_case
 from napari_covid_seg.models.store import ModelStore
-
-from .conftest import dice
 
 TIMEOUT_MS = 240_000
 
@@ -43,27 +43,45 @@ def test_segment_correct_export_finetune_segment_again(
     assert labels.metadata["covid_seg"]["model_version"] == "tiny-phantom"
     first = np.array(labels.data)
 
-    # 2. the human corrects 8 lesion slices to the truth (a direct edit of the layer)
-    zs = [int(z) for z in np.flatnonzero(np.asarray(truth.data).any(axis=(1, 2)))]
-    reviewed = zs[:: max(1, len(zs) // 8)][:8]
-    corrected = np.array(labels.data)
-    corrected[reviewed] = np.asarray(truth.data)[reviewed]
-    labels.data = corrected
-    assert is_edited(labels)
-    before = dice(first[reviewed], np.asarray(truth.data)[reviewed])
-    assert dice(labels.data[reviewed], np.asarray(truth.data)[reviewed]) == 1.0 > before
-
-    # 3. export for training (nnU-Net v2 raw + reviewed slices)
-    export = tmp_path / "corrected"
-    case = export_case(
-        export,
-        layer_volume(image),
-        np.asarray(labels.data),
-        case_id="sample_ct",
-        reviewed_slices=reviewed,
-        provenance={"model_version": labels.metadata["covid_seg"]["model_version"]},
+    # 2. the human reviews the 8 most uncertain slices in the Correct widget and fixes each
+    #    to the truth (one undoable edit per slice), marking it reviewed
+    correct = CorrectWidget(
+        viewer, autosave_root=str(tmp_path / "autosave"), confirm=lambda title, text: False
     )
-    assert case == "sample_ct" and (export / "labelsTr" / "sample_ct.nii.gz").is_file()
+    viewer.window.add_dock_widget(correct, name="Correct lesions")
+    assert correct.labels is labels and correct.image is image
+    review = correct.review_panel
+    truth_data = np.asarray(truth.data)
+    z = review.next()
+    reviewed = []
+    for _ in range(8):
+        assert z is not None
+
+        def fix(mask, z=z):
+            out = mask.copy()
+            out[z] = truth_data[z]
+            return out
+
+        correct.session.apply(fix)
+        reviewed.append(z)
+        z = review.mark_reviewed()
+    assert review.reviewed_slices() == sorted(reviewed)
+    corrected = np.array(labels.data)
+    assert is_edited(labels)
+    np.testing.assert_array_equal(corrected[reviewed], truth_data[reviewed])
+    assert not np.array_equal(first[reviewed], truth_data[reviewed])  # there was work to do
+
+    # 3. export for training with the Correct widget's panel (nnU-Net v2 raw + reviewed.json)
+    export = tmp_path / "corrected"
+    panel = correct.export_panel
+    panel.folder.setText(str(export))
+    panel.case_id.setText("sample_ct")
+    panel.export_button.click()
+    qtbot.waitUntil(lambda: not panel.running, timeout=TIMEOUT_MS)
+    assert panel.last_case == "sample_ct"
+    meta = json.loads((export / "reviewed.json").read_text())["sample_ct"]
+    assert meta["reviewed_slices"] == sorted(reviewed)
+    assert meta["provenance"]["model_version"] == "tiny-phantom"
 
     # 4. fine-tune a few steps (one epoch of 16 resampled slices) in the Fine-tune widget
     ft = FineTuneWidget(viewer)

@@ -57,7 +57,9 @@ def test_segment_sample_ct(make_napari_viewer, qtbot, tiny_model, tmp_path, note
     widget = _widget(viewer, tiny_model)
     assert widget.image_combo.current_layer() is image
     assert widget.threshold.value() == pytest.approx(0.5)
-    assert widget.device_note.text().startswith("auto → cpu")
+    from napari_covid_seg.inference.device import describe_device, resolve_device
+
+    assert widget.device_note.text() == f"auto → {describe_device(resolve_device('auto'))}"
     widget.want_probability.setChecked(True)
     widget.want_uncertainty.setChecked(True)
     widget.want_attention.setChecked(True)

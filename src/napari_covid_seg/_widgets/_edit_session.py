@@ -75,6 +75,7 @@ class EditSession:
         autosave_meta: ``() -> dict`` extra JSON metadata saved with each autosave.
         interval_s: minimum seconds between two autosaves.
         on_change: called (on the GUI thread) after every recorded change.
+        on_replaced: called after the layer got a new array (e.g. a new segmentation).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class EditSession:
         autosave_meta: Callable[[], dict] | None = None,
         interval_s: float = 3.0,
         on_change: Callable[[], None] | None = None,
+        on_replaced: Callable[[], None] | None = None,
     ) -> None:
         self.layer = layer
         self.image = image
@@ -97,6 +99,7 @@ class EditSession:
         self._autosave_meta = autosave_meta or dict
         self._throttle = Throttle(interval_s, clock=time.monotonic)
         self._on_change = on_change or (lambda: None)
+        self._on_replaced = on_replaced or (lambda: None)
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._save_if_due)
@@ -178,6 +181,7 @@ class EditSession:
         """The layer got a new array (e.g. a new segmentation): start a fresh history."""
         self.history = EditHistory(shape=self.data.shape)
         self.shadow = np.array(self.data, copy=True)
+        self._on_replaced()
         self._changed()
 
     # -- undo / redo ---------------------------------------------------------------------------

@@ -114,44 +114,14 @@ def extra_layer_steps(
     """
     result = outcome.result
     look = {"contrast_limits": (0, 255), "blending": "additive", "visible": False}
-    steps: list[Callable[[], Any]] = []
+    wanted: list[tuple[str, np.ndarray, str, str]] = []
     if probability:
-        steps.append(
-            partial(
-                _put_image,
-                viewer,
-                image,
-                f"{image.name} lesion probability",
-                result.probability,
-                "probability",
-                colormap="inferno",
-                **look,
-            )
-        )
+        wanted.append(("lesion probability", result.probability, "probability", "inferno"))
     if outcome.uncertainty_map is not None:
-        steps.append(
-            partial(
-                _put_image,
-                viewer,
-                image,
-                f"{image.name} uncertainty",
-                outcome.uncertainty_map,
-                "uncertainty",
-                colormap="magma",
-                **look,
-            )
-        )
+        wanted.append(("uncertainty", outcome.uncertainty_map, "uncertainty", "magma"))
     for k, alpha in enumerate(result.attention or [], start=1):
-        steps.append(
-            partial(
-                _put_image,
-                viewer,
-                image,
-                f"{image.name} attention {k}",
-                alpha,
-                "attention",
-                colormap="viridis",
-                **look,
-            )
-        )
-    return steps
+        wanted.append((f"attention {k}", alpha, "attention", "viridis"))
+    return [
+        partial(_put_image, viewer, image, f"{image.name} {what}", data, role, colormap=c, **look)
+        for what, data, role, c in wanted
+    ]

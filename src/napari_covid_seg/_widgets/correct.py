@@ -148,10 +148,20 @@ class CorrectWidget(QWidget):
             autosave_meta=self._autosave_meta,
             interval_s=self.autosave_interval_s,
             on_change=self._on_session_change,
+            on_replaced=self._on_mask_replaced,
         )
-        prediction = plugin_meta(labels).get("prediction")
+        self._keep_prediction()
+        self._set_panels(self.session)
+
+    def _keep_prediction(self) -> None:
+        """Store the model's original prediction beside the autosave (for provenance)."""
+        prediction = plugin_meta(self.labels).get("prediction")
         if self.fingerprint and prediction is not None:
             self.predictions.save(self.fingerprint, np.asarray(prediction), {})
+
+    def _on_mask_replaced(self) -> None:
+        """A new segmentation replaced the mask: new review queue, new prediction."""
+        self._keep_prediction()
         self._set_panels(self.session)
 
     def _rebind_image(self) -> None:
