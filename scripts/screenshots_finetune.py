@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -111,6 +112,7 @@ def finetune_widget_screenshot(
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(out), canvas_only=False)
     viewer.close()
+    shutil.rmtree(home, ignore_errors=True)  # the temporary store, export and run folders
     return out
 
 
