@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, GeometryMismatchError
+from .atomic import atomic_write_json
 from .nifti import stem, write_mask, write_volume
 from .volume import Volume
 
@@ -102,18 +102,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path} must hold a JSON object")
     return data
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_dataset_json(meta: dict[str, Any], path: Path) -> None:
@@ -237,7 +225,7 @@ def export_case(
         "axial_axis": axial_axis,
         "provenance": record,
     }
-    _write_json_atomic(reviewed_path, reviewed_all)
+    atomic_write_json(reviewed_path, reviewed_all)
     meta = {
         "channel_names": dict(CHANNEL_NAMES),
         "labels": dict(LABELS),
@@ -247,5 +235,5 @@ def export_case(
         **{k: v for k, v in meta.items() if k not in ("numTraining",)},
     }
     meta["numTraining"] = len(list_cases(root))
-    _write_json_atomic(meta_path, meta)
+    atomic_write_json(meta_path, meta)
     return case
