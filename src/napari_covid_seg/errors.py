@@ -33,5 +33,9 @@ class DeviceError(CovidSegError, RuntimeError):
     """The requested compute device is not available."""
 
 
+class OutOfMemoryError(DeviceError):
+    """Out of memory even after backing off; the message says what to change."""
+
+
 class CancelledError(CovidSegError):
     """A long operation was cancelled by the user; nothing was half-written."""

@@ -2,19 +2,29 @@
 
 Under ``torchrun`` the environment carries ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT``; :func:`init_from_env`
-starts the process group (NCCL on CUDA, gloo on CPU). Tests start a world of
-size 1 on CPU with :func:`init_process_group` and a free localhost port.
+starts the process group (NCCL on CUDA, gloo on CPU). Tests start worlds of
+one and two processes on CPU with :func:`init_process_group` and a free
+localhost port.
+
+A collective that one rank never reaches waits forever, so every rank must run
+the same number of steps: :func:`shard` pads the epoch's sample order to a
+multiple of the world size (like ``DistributedSampler``) before dealing it
+out, and :func:`split_batches` applies the same batching rule on every rank.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,15 +56,27 @@ def launched_by_torchrun() -> bool:
 
 
 def init_process_group(
-    backend: str = "gloo", *, rank: int = 0, world_size: int = 1, port: int | None = None
+    backend: str = "gloo",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    port: int | None = None,
+    timeout_s: float | None = None,
 ) -> DistInfo:
-    """Start a process group on ``tcp://127.0.0.1:<port>`` (tests, single machine)."""
+    """Start a process group on ``tcp://127.0.0.1:<port>`` (tests, single machine).
+
+    ``timeout_s`` bounds every collective: a rank left waiting raises instead of hanging.
+    """
     port = port or free_port()
+    kwargs: dict[str, Any] = {}
+    if timeout_s is not None:
+        kwargs["timeout"] = _dt.timedelta(seconds=float(timeout_s))
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
+        **kwargs,
     )
     return DistInfo(rank=rank, world_size=world_size, local_rank=rank)
 
@@ -80,6 +102,64 @@ def current() -> DistInfo:
             local_rank=int(os.environ.get("LOCAL_RANK", rank)),
         )
     return DistInfo()
+
+
+def shard(order: Sequence[T], rank: int, world_size: int) -> Sequence[T]:
+    """This rank's share of ``order``: padded by wrapping around to a multiple of
+    ``world_size`` (as ``DistributedSampler`` does), then every ``world_size``-th item.
+
+    Every rank gets exactly ``ceil(len(order) / world_size)`` items, so every rank
+    runs the same number of steps. Works on lists, numpy arrays and tensors.
+    """
+    n = len(order)
+    if world_size <= 1 or n == 0:
+        return order
+    total = -(-n // world_size) * world_size
+    mine = [i % n for i in range(rank, total, world_size)]
+    if isinstance(order, torch.Tensor):
+        return order[torch.as_tensor(mine, dtype=torch.long)]
+    if hasattr(order, "dtype"):  # numpy
+        return order[mine]
+    return [order[i] for i in mine]
+
+
+def n_batches(n: int, batch_size: int) -> int:
+    """Batches :func:`split_batches` makes of ``n`` items."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)) if n else 0
+
+
+def split_batches(indices: Sequence[T], batch_size: int) -> list[Sequence[T]]:
+    """Consecutive batches of ``batch_size``; a last batch of one is dropped when
+    others exist (BatchNorm cannot train on one sample). The same rule on every
+    rank, with equal shards, gives every rank the same number of steps.
+    """
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches = batches[:-1]
+    return batches
+
+
+def broadcast_object(obj: T, info: DistInfo, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
+    if not info.enabled or info.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last training
+    step every rank holds statistics of its own last batch; this makes
+    validation and the saved state identical on all ranks.
+    """
+    if not info.enabled or info.world_size == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
