@@ -1,7 +1,10 @@
-"""npe2 reader: NIfTI CT (``.nii``, ``.nii.gz``) -> napari Image or Labels layer.
+"""npe2 reader: NIfTI CT or a DICOM series -> napari Image (or Labels) layer.
 
-A thin adapter over :mod:`napari_covid_seg.io`; see docs/architecture.md for
-the geometry convention (napari world = patient LPS mm, reversed axes).
+Claims ``.nii``/``.nii.gz`` files, ``.dcm`` files (the whole series of the
+file; a DICOM-SEG opens as Labels) and folders that hold DICOM files (their
+largest CT series). A thin adapter over :mod:`napari_covid_seg.io`; see
+docs/architecture.md for the geometry convention (napari world = patient LPS
+mm, reversed axes).
 """
 
 from __future__ import annotations
@@ -10,17 +13,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .io import WINDOWED, Volume, is_nifti_path, read_volume
+from .io.dicom import distinct_series_paths, is_dicom_path, read_dicom
 from .io.volume import LUNG_WINDOW
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
 
 def napari_get_reader(path: str | Sequence[str]) -> Callable | None:
-    """Return the reader for NIfTI paths, else None (fast, never raises)."""
+    """The reader for NIfTI paths or DICOM files/folders, else None (fast, never raises)."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    if not paths or not all(isinstance(p, str | Path) and is_nifti_path(p) for p in paths):
+    if not paths or not all(isinstance(p, str | Path) and str(p) for p in paths):
         return None
-    return read_nifti
+    if all(is_nifti_path(p) for p in paths):
+        return read_nifti
+    if all(is_dicom_path(p) for p in paths):
+        return read_dicom_layers
+    return None
 
 
 def volume_to_layer_data(vol: Volume, name: str | None = None) -> LayerData:
@@ -60,4 +68,25 @@ def read_nifti(path: str | Sequence[str]) -> list[LayerData]:
                 "image already in the lung window.",
                 stacklevel=2,
             )
+    return layers
+
+
+def read_dicom_layers(path: str | Sequence[str]) -> list[LayerData]:
+    """Read DICOM folders/files: one layer per series (a folder: its largest CT series).
+
+    Notes (other series in the folder, skipped files) become warnings, which
+    napari shows as notifications. Raises a one-line CovidSegError on bad input.
+    """
+    import warnings
+
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    layers = []
+    for p in distinct_series_paths(paths):
+        vol = read_dicom(p)
+        name = (vol.extra.get("dicom") or {}).get("name")
+        if vol.is_mask and vol.source_path is not None:
+            name = Path(vol.source_path).stem
+        layers.append(volume_to_layer_data(vol, name=name))
+        for note in vol.extra.get("notes", []):
+            warnings.warn(note, stacklevel=2)
     return layers

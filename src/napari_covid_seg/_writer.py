@@ -45,3 +45,27 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     like = volume_for_layer(arr, meta)
     written = write_mask(Path(path), arr if arr.ndim == 3 else arr[None], like)
     return [str(written)]
+
+
+def write_labels_dicom_seg(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a Labels layer drawn on a DICOM series as DICOM-SEG. Returns the paths written.
+
+    The layer's ``metadata["nifti"]["dicom"]`` (copied from the image layer the
+    reader made) names the source series; needs the ``dicom-seg`` extra.
+    """
+    from .io.dicom_seg import write_dicom_seg
+
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise CovidSegError(f"a DICOM-SEG needs 3D labels on the series' grid, got {arr.ndim}D")
+    like = volume_for_layer(arr, meta)
+    # The model's untouched output is AUTOMATIC, a corrected one SEMIAUTOMATIC,
+    # labels drawn without a prediction MANUAL.
+    prediction = ((meta.get("metadata") or {}).get("covid_seg") or {}).get("prediction")
+    if prediction is None:
+        algorithm = "MANUAL"
+    elif np.shape(prediction) == arr.shape and np.array_equal(prediction, arr):
+        algorithm = "AUTOMATIC"
+    else:
+        algorithm = "SEMIAUTOMATIC"
+    return [str(write_dicom_seg(Path(path), arr, like, algorithm_type=algorithm))]

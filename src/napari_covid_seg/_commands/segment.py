@@ -1,8 +1,11 @@
-"""``napari-covid-seg segment``: lesion masks for NIfTI CT files, headless.
+"""``napari-covid-seg segment``: lesion masks for NIfTI CT files and DICOM series, headless.
 
 For every input ``<name>.nii[.gz]`` it writes ``OUTDIR/<name>_lesions.nii.gz``
 (uint8, 1 = lesion) with the input's exact affine and header, and optionally
-``OUTDIR/<name>_lesion_prob.nii.gz`` (uint8, probability x 255). One summary
+``OUTDIR/<name>_lesion_prob.nii.gz`` (uint8, probability x 255). A DICOM
+series (a folder, or one ``.dcm`` file of it) is named after its folder; its
+mask is written on the series' grid, plus ``OUTDIR/<name>_lesions.dcm``
+(DICOM-SEG) with ``--dicom-seg``. One summary
 line per case goes to stdout; progress bars, notes and errors go to stderr.
 An unreadable input is reported and skipped; the exit code is then 1.
 """
@@ -26,12 +29,15 @@ def register(subparsers: Any) -> None:
     """Add the ``segment`` subcommand to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "segment",
-        help="segment lung lesions in NIfTI CT files (or the bundled sample)",
+        help="segment lung lesions in NIfTI CT files or DICOM series (or the bundled sample)",
         description="Segment COVID-19 lung lesions in chest CT. Writes "
         "OUTDIR/<name>_lesions.nii.gz with the input's geometry for every INPUT file "
-        "(a folder means every NIfTI file in it).",
+        "(a folder means every NIfTI file in it, or the largest CT series of the DICOM "
+        "files in it, named after the folder; a .dcm file means its series).",
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI files or folders")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="NIfTI files, DICOM folders or .dcm files"
+    )
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
     p.add_argument(
         "--model", default="default", help="model name, folder or file (default: the bundled model)"
@@ -59,6 +65,12 @@ def register(subparsers: Any) -> None:
         "--sample",
         action="store_true",
         help=f"segment the bundled sample CT (also written as {SAMPLE_NAME}.nii.gz)",
+    )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="for DICOM inputs also write <name>_lesions.dcm, a DICOM-SEG referencing the "
+        "series (needs the dicom-seg extra: pip install 'napari-covid-seg[dicom-seg]')",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -89,8 +101,13 @@ def _threshold(text: str) -> float:
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files to segment (folders expanded to their NIfTI files) and notes about skipped ones."""
+    """Inputs to segment and notes about skipped ones.
+
+    A folder expands to its NIfTI files, and is itself an input (its DICOM
+    series) when it holds DICOM files. Files are kept as given.
+    """
     from ..io import is_nifti_path, name_says_mask, stem
+    from ..io.dicom import is_dicom_folder
 
     files: list[Path] = []
     notes: list[str] = []
@@ -103,8 +120,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
                     notes.append(f"skipping {p.name}: its name marks a mask, not a CT")
                 else:
                     files.append(p)
-            if not found:
-                notes.append(f"{path}: no NIfTI files (.nii, .nii.gz) in this folder")
+            if is_dicom_folder(path):
+                files.append(path)
+            elif not found:
+                notes.append(f"{path}: no NIfTI (.nii, .nii.gz) or DICOM files in this folder")
         else:
             files.append(path)
     return files, notes
@@ -120,8 +139,16 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=err)
     if args.inputs and not files and not args.sample:
-        print("error: no NIfTI inputs to segment", file=err)
+        print("error: no CT inputs (NIfTI files or DICOM series) to segment", file=err)
         return 1
+    if getattr(args, "dicom_seg", False):
+        from ..io.dicom_seg import require_highdicom
+
+        try:
+            require_highdicom()
+        except CovidSegError as e:
+            print(f"error: {e}", file=err)
+            return 1
 
     from ..inference.device import describe_device
     from ..inference.engine import load_predictor
@@ -159,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.Namespace) -> None:
     from ..inference.engine import segment
-    from ..io import read_volume, stem, write_mask, write_volume
+    from ..io import read_volume, write_mask, write_volume
 
     t0 = time.perf_counter()
     out_dir: Path = args.output
@@ -171,8 +198,7 @@ def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.N
         # Written first and read back, so the mask's header matches the file the user opens.
         volume = read_volume(write_volume(out_dir / f"{name}.nii.gz", phantom.data, like=phantom))
     else:
-        volume = read_volume(path)
-        name = stem(path)
+        volume, name = _read_input(path)
     bar = _progress_bar(name, volume.data.shape, disable=args.quiet)
     try:
         result = segment(
@@ -192,11 +218,33 @@ def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.N
         write_volume(
             out_dir / f"{name}{PROB_SUFFIX}.nii.gz", result.probability, like=volume, dtype="uint8"
         )
+    if getattr(args, "dicom_seg", False):
+        if volume.extra.get("dicom"):
+            from ..io.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(out_dir / f"{name}{MASK_SUFFIX}.dcm", result.mask, like=volume)
+        else:
+            print(f"note: {name} is not a DICOM series: no DICOM-SEG written", file=sys.stderr)
     seconds = time.perf_counter() - t0
     print(
         f"{name}: {result.quantify().summary()}; {seconds:.1f} s on {result.device} -> {mask_path}",
         flush=True,
     )
+
+
+def _read_input(path: Path) -> tuple[Any, str]:
+    """The CT Volume of an input and its output name (NIfTI stem, or the DICOM folder's name)."""
+    from ..io import is_nifti_path, read_volume, stem
+    from ..io.dicom import is_dicom_path, read_dicom
+
+    if path.is_dir() or (not is_nifti_path(path) and is_dicom_path(path)):
+        volume = read_dicom(path)
+        if volume.is_mask:
+            raise CovidSegError(f"{path} is a DICOM-SEG (a mask), not a CT series")
+        for note in volume.extra.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
+        return volume, volume.extra["dicom"]["name"]
+    return read_volume(path), stem(path)
 
 
 class _Bar:

@@ -33,6 +33,8 @@ class Volume:
             for a 2D file, ``(X, Y, Z, 1)`` for a singleton 4D file).
         intensity: ``"hu"`` or ``"windowed_0_255"`` (already lung-windowed).
         is_mask: the file holds labels, not intensities.
+        extra: free-form; ``extra["dicom"]`` is the source DICOM series
+            reference of a Volume read by :func:`~.dicom.read_dicom`.
     """
 
     data: np.ndarray
@@ -104,6 +106,10 @@ class Volume:
             meta["sform_code"] = int(sc)
             meta["qform"] = None if q is None else np.asarray(q).tolist()
             meta["sform"] = None if s is None else np.asarray(s).tolist()
+        if self.extra.get("dicom"):
+            # The source DICOM series (UIDs, folder, file order; no patient tags),
+            # so a mask drawn on this layer can be written as DICOM-SEG.
+            meta["dicom"] = dict(self.extra["dicom"])
         return meta
 
     def layer_kwargs(self) -> dict:
@@ -137,6 +143,7 @@ class Volume:
             source_path=Path(src) if src else None,
             source_shape=tuple(meta["source_shape"]) if meta.get("source_shape") else None,
             intensity=meta.get("intensity", HU),
+            extra={"dicom": dict(meta["dicom"])} if meta.get("dicom") else {},
         )
 
     @classmethod
