@@ -22,6 +22,12 @@ fp32 masks of a trained model version on the phantom (Dice).
     python benchmarks/bench_inference.py                     # CPU (+ CUDA if present)
     python benchmarks/bench_inference.py --device cuda --sizes 512 --slices 300
     python benchmarks/bench_inference.py --agreement path/to/model_folder
+    python benchmarks/bench_inference.py --device cuda --sizes 512 --slices 300 \
+        --precision bf16 --from-disk             # + read .nii.gz -> mask -> write, timed
+
+With ``--from-disk`` each record also has ``disk`` timings: the phantom as a
+gzipped NIfTI read (``read_s``), segmented (``segment_s``) and its mask
+written (``write_s``), as the ``segment`` command does.
 """
 
 from __future__ import annotations
@@ -65,6 +71,35 @@ def _plain_loop(model, volume, n: int, device) -> float:
     return n / (time.perf_counter() - t0)
 
 
+#: A folder where phantoms are kept between runs (``benchmarks/gpu_check.sh`` sets it):
+#: a 300 x 512 x 512 phantom takes 15-70 s to make.
+CACHE_ENV = "NAPARI_COVID_SEG_BENCH_CACHE"
+
+
+def cached_phantom(slices: int, size: int, seed: int = 0):
+    """The benchmark phantom (``slices`` x ``size`` x ``size``), from ``$CACHE_ENV`` if there."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_covid_seg.io import Volume
+    from napari_covid_seg.io.phantom import make_phantom
+
+    spacing = (2.5, 0.7 * 512 / size, 0.7 * 512 / size)
+    cache = os.environ.get(CACHE_ENV)
+    path = Path(cache) / f"phantom_{slices}x{size}x{size}_s{seed}.npz" if cache else None
+    if path is not None and path.is_file():
+        saved = np.load(path)
+        return Volume(data=saved["data"], affine=saved["affine"])
+    volume, _ = make_phantom(shape=(slices, size, size), spacing=spacing, seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, data=volume.data, affine=volume.affine)
+        os.replace(tmp, path)
+    return volume
+
+
 def run_one(
     device_name: str,
     size: int,
@@ -74,20 +109,18 @@ def run_one(
     batch_size: str,
     compile_model: bool,
     repeats: int = 2,
+    from_disk: bool = False,
 ) -> dict:
     """One setting, in this process: engine and plain loop alternate, best of ``repeats``."""
     import numpy as np
     import torch
 
     from napari_covid_seg.inference.engine import Predictor, segment
-    from napari_covid_seg.io.phantom import make_phantom
     from napari_covid_seg.models import build_model
 
     torch.manual_seed(0)
     device = torch.device(device_name)
-    volume, _ = make_phantom(
-        shape=(slices, size, size), spacing=(2.5, 0.7 * 512 / size, 0.7 * 512 / size)
-    )
+    volume = cached_phantom(slices, size)
     model = build_model("res_att_unet", encoder_weights="none").eval()
     predictor = Predictor(
         model, {"input_size": size}, device=device, precision=precision, compile=compile_model
@@ -136,7 +169,41 @@ def run_one(
     }
     if device.type == "cuda":
         record["peak_device_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if from_disk:
+        record["disk"] = _disk_to_mask(volume, predictor, bs, device)
     return record
+
+
+def _disk_to_mask(volume, predictor, batch_size, device) -> dict:
+    """Seconds to read the volume from a .nii.gz, segment it and write the mask."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from napari_covid_seg.inference.engine import segment
+    from napari_covid_seg.io import read_volume, write_mask, write_volume
+
+    with tempfile.TemporaryDirectory(prefix="bench_inference.") as tmp:
+        src = write_volume(Path(tmp) / "ct.nii.gz", volume.data, like=volume)
+        t0 = time.perf_counter()
+        vol = read_volume(src)
+        t1 = time.perf_counter()
+        res = segment(vol, predictor, batch_size=batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        write_mask(Path(tmp) / "ct_lesions.nii.gz", res.mask, like=vol)
+        t3 = time.perf_counter()
+        file_mb = src.stat().st_size / 2**20
+    return {
+        "read_s": round(t1 - t0, 3),
+        "segment_s": round(t2 - t1, 3),
+        "model_s": round(res.timings["inference"], 3),
+        "write_s": round(t3 - t2, 3),
+        "total_s": round(t3 - t0, 3),
+        "file_mb": round(file_mb, 1),
+    }
 
 
 def agreement(model_path: str, device_name: str) -> dict:
@@ -209,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
     ap.add_argument("--agreement", metavar="MODEL", help="bf16 vs fp32 mask Dice of a model")
+    ap.add_argument("--from-disk", action="store_true", help="also time .nii.gz -> mask -> .nii.gz")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -226,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             args.compile,
             args.repeats,
+            args.from_disk,
         )
         print(json.dumps(rec))
         return 0
@@ -260,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 if args.compile:
                     cmd.append("--compile")
+                if args.from_disk:
+                    cmd.append("--from-disk")
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     records.append(

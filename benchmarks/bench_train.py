@@ -4,11 +4,14 @@ Two settings, on the CPU and (if present) on CUDA:
 
 * ``paper``: batch 2, fp32, NCHW, Adam (the paper's recipe);
 * ``fast``: batch 8, bf16 autocast, channels_last, AdamW (training/configs/default.yaml);
-* ``fast_fp32``: the same in fp32 (isolates the bf16 autocast gain).
+* ``fast_fp32``: the same in fp32 (isolates the bf16 autocast gain);
+* ``fast_auto`` (CUDA only): the precision ``amp: auto`` picks on this GPU
+  (bf16 where native, fp16 with a GradScaler on older GPUs).
 
 Prints one JSON object. Example::
 
     python benchmarks/bench_train.py --steps 5 --threads 2
+    python benchmarks/bench_train.py --device cuda --steps 20 --warmup 3
 """
 
 from __future__ import annotations
@@ -25,19 +28,26 @@ def bench(
     model_name: str,
     device: str,
     batch: int,
-    bf16: bool,
+    bf16: bool | str,
     channels_last: bool,
     size: int,
     steps: int,
     warmup: int,
 ) -> dict:
+    """One setting; ``bf16`` True/False, or ``"auto"`` for the device layer's training choice."""
     import torch
 
+    from napari_covid_seg.inference import device as devices
     from napari_covid_seg.models import build_model
     from napari_covid_seg.training.losses import build_loss
 
     torch.manual_seed(0)
     dev = torch.device(device)
+    if bf16 == "auto":
+        dtype = devices.training_dtype("auto", dev)
+    else:
+        dtype = torch.bfloat16 if bf16 else None
+    scaler = devices.grad_scaler(dtype, dev)
     model = build_model(model_name).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -48,13 +58,18 @@ def bench(
     model.train()
 
     def step() -> None:
-        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        ctx = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx:
             out = model(x)
         loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     for _ in range(warmup):
         step()
@@ -69,7 +84,9 @@ def bench(
     return {
         "device": device,
         "batch": batch,
-        "bf16_autocast": bf16,
+        "bf16_autocast": dtype is torch.bfloat16,
+        "precision": devices.precision_name(dtype),
+        "grad_scaler": scaler is not None,
         "channels_last": channels_last,
         "size": size,
         "steps": steps,
@@ -86,21 +103,27 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--device", default="all", help="cpu, cuda, or all (cpu + cuda)")
     args = parser.parse_args()
 
     import torch
 
-    from napari_covid_seg.training.trainer import cpu_has_fast_bf16
+    from napari_covid_seg.inference.device import cpu_supports_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {"paper": (2, False, False), "fast_fp32": (8, False, True), "fast": (8, True, True)}
-    devices = ["cpu"]
-    if torch.cuda.is_available() and not args.cpu_only:
+    settings: dict[str, tuple[int, bool | str, bool]] = {
+        "paper": (2, False, False),
+        "fast_fp32": (8, False, True),
+        "fast": (8, True, True),
+    }
+    devices = ["cpu"] if args.device in ("all", "cpu") else []
+    if torch.cuda.is_available() and not args.cpu_only and args.device in ("all", "cuda"):
         devices.append("cuda")
     results = {}
     for dev in devices:
-        for name, (batch, bf16, cl) in settings.items():
+        chosen = dict(settings, fast_auto=(8, "auto", True)) if dev == "cuda" else settings
+        for name, (batch, bf16, cl) in chosen.items():
             results[f"{dev}_{name}"] = bench(
                 args.model, dev, batch, bf16, cl, args.size, args.steps, args.warmup
             )
@@ -119,7 +142,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_fast_bf16": cpu_has_fast_bf16(),
+        "cpu_fast_bf16": cpu_supports_bf16(),
         "cuda": torch.cuda.get_device_name(0) if "cuda" in devices else None,
         "results": results,
     }

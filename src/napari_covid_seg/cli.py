@@ -1,4 +1,5 @@
-"""The ``napari-covid-seg`` command: segment / train / finetune / evaluate / compare / models.
+"""The ``napari-covid-seg`` command: segment / report / train / finetune / evaluate / compare /
+models.
 
 Each subcommand lives in ``napari_covid_seg._commands.<area>`` and registers
 itself with :func:`register`; heavy imports (torch) happen only when a
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import CovidSegError
 
-COMMAND_MODULES = ("segment", "train", "models")
+COMMAND_MODULES = ("segment", "report", "train", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

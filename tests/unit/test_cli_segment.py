@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,11 @@ def run_cli(*args: str) -> int:
     return cli.main(["segment", *map(str, args), "-q"])
 
 
+def outputs(folder: Path) -> list[str]:
+    """The images written to ``folder`` (not the run's segment_report.csv/json)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("segment_report"))
+
+
 def test_good_and_corrupt_inputs(cases, model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     code = run_cli(
@@ -75,7 +81,11 @@ def test_good_and_corrupt_inputs(cases, model_dir, tmp_path, capsys):
     assert code == 1
     assert "broken.nii.gz" in captured.err and "error" in captured.err
     assert "1 of 3 input(s) failed" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["a_lesions.nii.gz", "b_lesions.nii.gz"]
+    assert outputs(out) == ["a_lesions.nii.gz", "b_lesions.nii.gz"]
+    report = json.loads((out / "segment_report.json").read_text())
+    status = {r["case"]: (r["status"], r["error"]) for r in report["cases"]}
+    assert status["a"] == status["b"] == ("ok", None)
+    assert status["broken"][0] == "error" and "broken.nii.gz" in status["broken"][1]
     for name, src in (("a", "a.nii.gz"), ("b", "b.nii")):
         image = read_volume(cases / src)
         mask = read_volume(out / f"{name}_lesions.nii.gz")
@@ -130,7 +140,7 @@ def test_folder_input_and_probabilities(cases, model_dir, tmp_path, capsys):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     assert run_cli(folder, "-o", out, "--model", model_dir, "--save-probabilities") == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = outputs(out)
     assert names == [
         "a_lesion_prob.nii.gz",
         "a_lesions.nii.gz",

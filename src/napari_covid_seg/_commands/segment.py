@@ -8,6 +8,13 @@ mask is written on the series' grid, plus ``OUTDIR/<name>_lesions.dcm``
 (DICOM-SEG) with ``--dicom-seg``. One summary
 line per case goes to stdout; progress bars, notes and errors go to stderr.
 An unreadable input is reported and skipped; the exit code is then 1.
+
+Cohorts (see :mod:`napari_covid_seg.inference.cohort`): ``--shard I/N`` (or a
+Slurm array task, or a ``torchrun`` rank) takes every N-th of the sorted
+inputs; inputs whose outputs exist are skipped (``--overwrite`` redoes them);
+the next volume is read in a background thread while the current one runs;
+``OUTDIR/segment_report[.shard-I-of-N].csv`` and ``.json`` get one row per
+case, merged by ``napari-covid-seg report OUTDIR``.
 """
 
 from __future__ import annotations
@@ -72,8 +79,36 @@ def register(subparsers: Any) -> None:
         help="for DICOM inputs also write <name>_lesions.dcm, a DICOM-SEG referencing the "
         "series (needs the dicom-seg extra: pip install 'napari-covid-seg[dicom-seg]')",
     )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="segment only shard I of N (from 0) of the sorted inputs; default: from "
+        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or torchrun's RANK/WORLD_SIZE, else all",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment inputs whose outputs already exist in OUTDIR (default: skip them)",
+    )
+    p.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="do not read the next input in the background while segmenting",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _shard(text: str) -> Any:
+    from ..inference.cohort import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _batch_size(text: str) -> int | str:
@@ -150,9 +185,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=err)
             return 1
 
+    from ..inference import cohort
     from ..inference.device import describe_device
     from ..inference.engine import load_predictor
 
+    try:
+        shard = args.shard or cohort.shard_from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    args.device = cohort.torchrun_device(args.device)  # one GPU per torchrun process
     try:
         predictor = load_predictor(args.model, device=args.device, precision=args.precision)
     except CovidSegError as e:
@@ -168,37 +210,131 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot create the output folder {out_dir}: {e}", file=err)
         return 1
 
-    failures = 0
     cases: list[tuple[str, Any]] = []
     if args.sample:
         cases.append((SAMPLE_NAME, None))
     cases.extend((str(f), f) for f in files)
-    for label, path in cases:
-        try:
-            _segment_one(label, path, predictor, args)
-        except CovidSegError as e:
+    return _run_cases(cases, predictor, args, shard)
+
+
+def _run_cases(
+    cases: list[tuple[str, Path | None]], predictor: Any, args: argparse.Namespace, shard: Any
+) -> int:
+    """Segment this shard's cases with read-ahead, skipping finished ones; report each case."""
+    from ..inference import cohort
+
+    err = sys.stderr
+    out_dir: Path = args.output
+    probs = bool(args.save_probabilities)
+    names = {lab: SAMPLE_NAME if path is None else cohort.case_name(path) for lab, path in cases}
+    first_of: dict[str, str] = {}
+    for label, _path in cases:
+        first_of.setdefault(names[label], label)
+    mine = cohort.select_shard(cases, shard, key=lambda c: c[0]) if shard.active else cases
+    if shard.active:
+        print(
+            f"note: shard {shard} ({shard.source}): {len(mine)} of {len(cases)} input(s)", file=err
+        )
+    model = cohort.model_identity(args.model)
+    report = cohort.ReportWriter(
+        out_dir, shard, assigned=[names[c[0]] for c in mine], n_inputs=len(cases), model=model
+    )
+    previous = {} if args.overwrite else cohort.read_report_rows(out_dir)
+    failures, todo, skipped = 0, [], 0
+    for label, path in mine:
+        name = names[label]
+        if first_of[name] != label:
             failures += 1
-            print(f"error: {label}: {e}", file=err)
+            problem = f"same output name {name!r} as {first_of[name]}; rename one of them"
+            print(f"error: {label}: {problem}", file=err)
+            # keyed by its path: the row of the case that owns the name stays
+            report.add(cohort.case_row(label, label, error=problem, model=model, shard=shard))
+        elif not args.overwrite and cohort.outputs_exist(out_dir, name, probabilities=probs):
+            skipped += 1
+            report.add(cohort.existing_row(name, label, out_dir, previous, shard=shard))
+        else:
+            todo.append((label, path))
+    if skipped:
+        print(
+            f"note: {skipped} input(s) already segmented in {out_dir}: skipped "
+            "(--overwrite to redo them)",
+            file=err,
+        )
+    loads = cohort.Prefetcher(todo, lambda c: _load_case(c[1], out_dir), enabled=args.prefetch)
+    for loaded in loads:
+        label, _path = loaded.item
+        t0 = time.perf_counter()
+        timings = {"read": loaded.read_s, "wait": loaded.wait_s}
+        problem: BaseException | None = loaded.error
+        row: dict[str, Any] | None = None
+        if problem is None:
+            volume, name = loaded.value
+            loaded.value = None
+            if (
+                name != names[label]
+                and not args.overwrite
+                and cohort.outputs_exist(out_dir, name, probabilities=probs)
+            ):
+                row = cohort.existing_row(name, label, out_dir, previous, shard=shard)
+            else:
+                try:
+                    result, mask_path, secs = _segment_one(name, volume, predictor, args)
+                except Exception as e:  # one bad case never ends the run
+                    problem = e
+                else:
+                    timings.update(secs, total=loaded.wait_s + time.perf_counter() - t0)
+                    row = cohort.case_row(
+                        name,
+                        label,
+                        result=result,
+                        timings=timings,
+                        model=model,
+                        shard=shard,
+                        mask_path=mask_path,
+                    )
+                    del result
+            del volume
+        if problem is not None:
+            failures += 1
+            text = (
+                str(problem)
+                if isinstance(problem, CovidSegError)
+                else (f"{type(problem).__name__}: {problem}")
+            )
+            print(f"error: {label}: {text}", file=err)
+            row = cohort.case_row(
+                names[label], label, error=problem, timings=timings, model=model, shard=shard
+            )
+        report.add(row)
+    report.write()  # also when this shard had nothing to do: the merge sees it ran
     if failures:
-        print(f"{failures} of {len(cases)} input(s) failed", file=err)
+        print(f"{failures} of {len(mine)} input(s) failed", file=err)
     return 1 if failures else 0
 
 
-def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.Namespace) -> None:
-    from ..inference.engine import segment
-    from ..io import read_volume, write_mask, write_volume
+def _load_case(path: Path | None, out_dir: Path) -> tuple[Any, str]:
+    """Read one input and its output name; None is the bundled sample (written to OUTDIR)."""
+    from ..io import read_volume, write_volume
 
-    t0 = time.perf_counter()
-    out_dir: Path = args.output
     if path is None:
         from ..io.phantom import make_phantom
 
         phantom, _truth = make_phantom()
-        name = SAMPLE_NAME
         # Written first and read back, so the mask's header matches the file the user opens.
-        volume = read_volume(write_volume(out_dir / f"{name}.nii.gz", phantom.data, like=phantom))
-    else:
-        volume, name = _read_input(path)
+        target = out_dir / f"{SAMPLE_NAME}.nii.gz"
+        return read_volume(write_volume(target, phantom.data, like=phantom)), SAMPLE_NAME
+    return _read_input(path)
+
+
+def _segment_one(
+    name: str, volume: Any, predictor: Any, args: argparse.Namespace
+) -> tuple[Any, Path, dict[str, float]]:
+    """Segment one volume and write its outputs; returns the result, the mask path, timings."""
+    from ..inference.engine import segment
+    from ..io import write_mask, write_volume
+
+    t0 = time.perf_counter()
+    out_dir: Path = args.output
     bar = _progress_bar(name, volume.data.shape, disable=args.quiet)
     try:
         result = segment(
@@ -213,6 +349,7 @@ def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.N
         bar.close()
     for message in result.messages:
         print(f"warning: {name}: {message}", file=sys.stderr)
+    t_write = time.perf_counter()
     mask_path = write_mask(out_dir / f"{name}{MASK_SUFFIX}.nii.gz", result.mask, like=volume)
     if args.save_probabilities:
         write_volume(
@@ -230,6 +367,7 @@ def _segment_one(label: str, path: Path | None, predictor: Any, args: argparse.N
         f"{name}: {result.quantify().summary()}; {seconds:.1f} s on {result.device} -> {mask_path}",
         flush=True,
     )
+    return result, mask_path, {"write": time.perf_counter() - t_write}
 
 
 def _read_input(path: Path) -> tuple[Any, str]:
