@@ -19,6 +19,7 @@ shared machine's load affects both alike. Prints one JSON object::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -61,7 +62,8 @@ def run_setting(files: list[Path], out: Path, predictor, args, prefetch: bool) -
     ns.prefetch = prefetch
     cases = [(str(f), f) for f in files]
     t0 = time.perf_counter()
-    code = segment_cmd._run_cases(cases, predictor, ns, Shard())
+    with contextlib.redirect_stdout(sys.stderr):  # per-case summary lines: not the JSON
+        code = segment_cmd._run_cases(cases, predictor, ns, Shard())
     seconds = time.perf_counter() - t0
     rows = json.loads((out / "segment_report.json").read_text())["cases"]
     assert code == 0 and len(rows) == len(files), (code, rows)

@@ -73,6 +73,7 @@ def test_two_shards_cover_every_file_exactly_once_and_merge(
     assert row["status"] == "ok" and row["model"] == "tiny" and row["model_version"] == "v1"
     assert len(row["model_sha256"]) == 64 and row["shard"] == "0/2"
     assert row["lesion_ml"] is not None and row["lung_mask_status"] in ("ok", "skipped", "off")
+    assert isinstance(row["n_lesions"], int) and isinstance(row["slices"], int)
     assert row["inference_s"] >= 0 and row["read_s"] >= 0 and row["total_s"] > 0
     csv_lines = (out / "segment_report.shard-1-of-2.csv").read_text().splitlines()
     assert csv_lines[0].startswith("case,input,status,error,lesion_ml") and len(csv_lines) == 3

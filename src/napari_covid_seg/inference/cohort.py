@@ -272,7 +272,9 @@ def _now() -> str:
 
 
 def _round(value: Any, digits: int = 3) -> Any:
-    return round(float(value), digits) if isinstance(value, int | float) else value
+    if isinstance(value, bool | int) or not isinstance(value, float):
+        return value
+    return round(value, digits)
 
 
 def lung_mask_status(result: Any) -> dict[str, Any]:
