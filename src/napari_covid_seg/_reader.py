@@ -50,6 +50,8 @@ def volume_to_layer_data(vol: Volume, name: str | None = None) -> LayerData:
         )
     else:
         kwargs["contrast_limits"] = LUNG_WINDOW
+        if vol.extra.get("warning"):
+            kwargs["metadata"]["warning"] = vol.extra["warning"]
     return (vol.data, kwargs, "image")
 
 

@@ -97,7 +97,8 @@ def register(subparsers: Any) -> None:
         "evaluate",
         help="metrics of a model version on a labelled dataset",
         description="Dice, IoU, precision, sensitivity, specificity and accuracy (pooled over "
-        "pixels and per-slice mean) at each slice's native resolution.",
+        "pixels and per-slice mean) at each slice's native resolution, through the path a user "
+        "runs: each case as HU NIfTI with a true affine, read and segmented like `segment`.",
     )
     p.add_argument("--model", required=True, help="model name ('default', ...) or folder path")
     p.add_argument("--data", action="append", required=True, metavar="DIR")
@@ -107,9 +108,27 @@ def register(subparsers: Any) -> None:
         default=0,
         help="np.rot90 k for 2D slice folders (COVID-SemiSeg JPEGs: -1)",
     )
+    p.add_argument(
+        "--transpose",
+        action="store_true",
+        help="transpose 2D slices after rotating (COVID-SemiSeg JPEGs: their true anatomy)",
+    )
     p.add_argument("--lesion-labels", default=None, help="comma-separated lesion labels, e.g. 1,2")
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument(
+        "--subset",
+        choices=("all", "val"),
+        default="all",
+        help="val: only the slices the model was validated on (from its provenance)",
+    )
+    p.add_argument(
+        "--no-lung-restrict",
+        dest="lung_restrict",
+        action="store_false",
+        help="keep predictions outside the lungs (as `segment --no-lung-restrict`)",
+    )
+    p.add_argument("--tta", action="store_true", help="test-time flips (as `segment --tta`)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_evaluate)
 
@@ -281,9 +300,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.model,
             args.data,
             rotate_k=args.rotate_k,
+            transpose=args.transpose,
             lesion_labels=labels,
             device=args.device,
             threshold=args.threshold,
+            subset=args.subset,
+            restrict_to_lungs=args.lung_restrict,
+            tta=args.tta,
         )
     except (CovidSegError, ValueError) as err:
         return _error(err)

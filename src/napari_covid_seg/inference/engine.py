@@ -39,14 +39,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..errors import CancelledError, CovidSegError, InvalidImageError
-from ..io.orientation import to_canonical
+from ..errors import CancelledError, InvalidImageError
+from ..io.orientation import from_canonical, to_canonical
 from ..io.volume import HU, WINDOWED, Volume
 from .device import (
     auto_batch_size,
     autocast_dtype,
     describe_device,
+    free_device_memory,
     is_out_of_memory,
+    oom_backoff,
     precision_name,
     resolve_device,
 )
@@ -56,6 +58,7 @@ from .preprocess import (
     model_input_size,
     slice_reorientation,
 )
+from .roi import Roi, crop_pad_tensor, paste_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +100,12 @@ class SegmentationResult:
             ``(z, y, x)`` 0..255, when asked for and the model has gates.
         device: the device that ran the model (``"cpu"`` after an OOM fallback).
         timings: seconds: ``lungs``, ``inference``, ``postprocess``, ``total``.
-        messages: warnings for the user (batch halved, CPU fallback...).
+        messages: warnings for the user (batch halved, CPU fallback, lung
+            restriction skipped...).
+        lung_report: the lung mask's story: ``status`` ("ok": restriction
+            applied, "skipped": not applied and ``reason`` says why, "off"),
+            ``right_ml``/``left_ml``, ``notes``, and ``roi`` (the model's
+            lung-ROI box in canonical in-plane indices and its source).
     """
 
     probability: np.ndarray
@@ -113,6 +121,7 @@ class SegmentationResult:
     model_name: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    lung_report: dict | None = None
     _quantification: Quantification | None = field(default=None, repr=False)
 
     @property
@@ -173,6 +182,7 @@ class Predictor:
         fuse: bool = True,
         compile: bool = False,
         name: str = "",
+        tta: bool = False,
     ) -> None:
         import torch
 
@@ -182,6 +192,7 @@ class Predictor:
         self.channels_last = channels_last
         self.autocast = autocast_dtype(self.device, precision)
         self.compiled = compile
+        self.tta = tta
         self.supports_attention = _accepts_kwarg(model, "return_attention")
         self.n_channels = int(self.preprocessing.get("n_channels", 3))
         self.input_size = model_input_size(self.preprocessing)
@@ -210,16 +221,22 @@ class Predictor:
     def precision(self) -> str:
         return precision_name(self.autocast)
 
-    def to_cpu(self) -> None:
-        """Re-prepare the model on the CPU (after running out of GPU memory)."""
-        import torch
+    def to_cpu(self) -> Predictor:
+        """A new Predictor of the same model on the CPU (after running out of GPU memory).
 
-        self.device = torch.device("cpu")
-        self.autocast = autocast_dtype(self.device, "auto" if self.autocast else "fp32")
-        self.model = None  # drop the device copy before making the CPU one
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self.model = self._prepare(self._source_model, self._fuse)
+        This predictor is left as it was: the caller may still own it and use it.
+        """
+        return Predictor(
+            self._source_model,
+            self.preprocessing,
+            device="cpu",
+            precision="auto" if self.autocast else "fp32",
+            channels_last=self.channels_last,
+            fuse=self._fuse,
+            compile=self.compiled,
+            name=self.name,
+            tta=self.tta,
+        )
 
     def model_hw(self, height: int, width: int) -> tuple[int, int]:
         """The size a ``height x width`` slice is presented at."""
@@ -228,21 +245,32 @@ class Predictor:
         return _round_up(height, SIZE_DIVISOR), _round_up(width, SIZE_DIVISOR)
 
     def forward(
-        self, x: torch.Tensor, intensity: str, *, attention: int = 0
+        self,
+        x: torch.Tensor,
+        intensity: str,
+        *,
+        attention: int = 0,
+        roi: Roi | None = None,
+        fill: float = -1000.0,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Raw slices ``(B, H, W)`` on the device -> logits ``(B, H, W)`` float32.
 
-        Also returns up to ``attention`` attention maps ``(B, H, W)`` in [0, 1]
-        (finest first), resized back to the native slice size.
+        With an ``roi`` (see :mod:`.roi`) only that square, padded with
+        ``fill`` past the image, is shown to the model; outside it the logits
+        are -30 (background). Also returns up to ``attention`` attention maps
+        ``(B, H, W)`` in [0, 1] (finest first), resized back to the slice size.
         """
         import torch
         import torch.nn.functional as F
 
-        h, w = x.shape[-2:]
+        full_h, full_w = x.shape[-2:]
         offset, scale = intensity_affine(intensity, self.preprocessing.get("window", (-1350, 150)))
         with torch.inference_mode():
             t = x.to(torch.float32)
-            t = ((t - offset) * scale).clamp_(0.0, 1.0)[:, None]  # (B, 1, H, W)
+            if roi is not None:
+                t = crop_pad_tensor(t, roi, fill)
+            h, w = t.shape[-2:]
+            t = ((t - offset) * scale).clamp_(0.0, 1.0)[:, None]  # (B, 1, h, w)
             mh, mw = self.model_hw(h, w)
             if self.input_size is not None:
                 if (mh, mw) != (h, w):
@@ -263,6 +291,14 @@ class Predictor:
                 enabled=self.autocast is not None,
             ):
                 out = self.model(t, return_attention=True) if want_alpha else self.model(t)
+                if self.tta:
+                    # Test-time augmentation: the mean logit of the slice and its mirror.
+                    mirrored = self.model(t.flip(-1))
+                    mirrored = mirrored[0] if isinstance(mirrored, tuple | list) else mirrored
+                    if isinstance(out, tuple | list):
+                        out = ((out[0] + mirrored.flip(-1)) * 0.5, *out[1:])
+                    else:
+                        out = (out + mirrored.flip(-1)) * 0.5
             alphas: list[torch.Tensor] = []
             if isinstance(out, tuple | list):
                 out, raw_alphas = out[0], (out[1] if want_alpha else [])
@@ -273,6 +309,9 @@ class Predictor:
                     )
                     alphas.append(self._to_native(a, h, w)[:, 0])
             logits = self._to_native(out[:, :1].float(), h, w)[:, 0]
+            if roi is not None:
+                logits = paste_tensor(logits, roi, full_h, full_w, -30.0)
+                alphas = [paste_tensor(a, roi, full_h, full_w, 0.0) for a in alphas]
         return logits, alphas
 
     def _to_native(self, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -356,6 +395,7 @@ def load_predictor(
     fuse: bool = True,
     compile: bool = False,
     store: Any = None,
+    tta: bool = False,
 ) -> Predictor:
     """A :class:`Predictor` from a ModelVersion, a store name or path, or an ``nn.Module``.
 
@@ -398,6 +438,7 @@ def load_predictor(
         fuse=fuse,
         compile=compile,
         name=name,
+        tta=tta,
     )
 
 
@@ -426,11 +467,15 @@ class _BatchRunner:
         prob_dtype: str,
         attention: int,
         max_batch: int,
+        roi: Roi | None = None,
+        fill: float = -1000.0,
     ) -> None:
         import torch
 
         self.p = predictor
         self.canon = canon
+        self.roi = roi
+        self.fill = fill
         self.intensity = intensity
         self.logit_threshold = _logit(threshold)
         self.prob_float = prob_dtype == "float16"
@@ -482,7 +527,9 @@ class _BatchRunner:
                 x = x.to(self.p.device)
         if pad_to is not None and pad_to > count:
             x = torch.cat([x, x[-1:].expand(pad_to - count, -1, -1)])
-        logits, alphas = self.p.forward(x, self.intensity, attention=self.attention)
+        logits, alphas = self.p.forward(
+            x, self.intensity, attention=self.attention, roi=self.roi, fill=self.fill
+        )
         logits, alphas = logits[:count], [a[:count] for a in alphas]
         with torch.inference_mode():
             mask = (logits > self.logit_threshold).to(torch.uint8)
@@ -579,6 +626,7 @@ def iter_segment(
     precision: str = "auto",
     compile: bool = False,
     preprocessing: dict | None = None,
+    tta: bool | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment lesions slice-batch by slice-batch; yields Progress, returns the result.
@@ -590,12 +638,16 @@ def iter_segment(
             ``compile`` and ``preprocessing`` do not apply to a Predictor.
         batch_size: slices per batch, or ``"auto"`` (free GPU memory / CPU default).
         threshold: probability cut; None takes the model's (``preprocessing["threshold"]``).
-        restrict_to_lungs: drop predictions outside the lungs dilated by 5 mm.
+        restrict_to_lungs: drop predictions outside the lungs (their per-slice convex
+            hull, dilated by 5 mm), unless the lung mask looks wrong or the cut
+            would remove most confident lesion voxels (``lung_report`` says why).
         lungs: compute the classical lung mask (True), skip it (False), or use
             the given ``(z, y, x)`` label array.
         uncertainty: compute the per-slice entropy score.
         attention: return the finest attention maps (True = 2, or a count).
         probability_dtype: ``"uint8"`` (p * 255) or ``"float16"``.
+        tta: test-time augmentation (mean of the slice and its right-left mirror;
+            twice the model cost). None: the Predictor's setting (off by default).
         should_cancel: polled before every batch; True raises CancelledError.
     Raises:
         CancelledError: cancelled; no output exists.
@@ -605,8 +657,16 @@ def iter_segment(
     t_start = time.perf_counter()
     vol = as_volume(volume)
     predictor = load_predictor(
-        model, device=device, precision=precision, preprocessing=preprocessing, compile=compile
+        model,
+        device=device,
+        precision=precision,
+        preprocessing=preprocessing,
+        compile=compile,
+        tta=bool(tta),
     )
+    if tta is not None and predictor.tta != bool(tta):
+        predictor = copy.copy(predictor)  # the caller's Predictor keeps its setting
+        predictor.tta = bool(tta)
     if probability_dtype not in ("uint8", "float16"):
         raise ValueError(
             f"probability_dtype must be 'uint8' or 'float16', not {probability_dtype!r}"
@@ -629,9 +689,16 @@ def iter_segment(
     alpha_c = [to_canonical(a, r) for a in alpha_maps]
 
     yield Progress(0, n)
-    # The classical lung mask (CPU, ~1 s for 300 x 512 x 512). On a GPU it runs in a
-    # thread beside the model (scipy releases the GIL); on the CPU before it.
-    lung_labels: np.ndarray | None = None
+    # The classical lung mask (CPU, about a second for 300 x 512 x 512), on the canonical
+    # array. A model with a lung-ROI policy needs it first (the ROI); otherwise on a GPU
+    # it runs in a thread beside the model (scipy releases the GIL).
+    from .lungs import air_threshold, check_lungs
+    from .roi import choose_roi, fill_value, roi_spec
+
+    spec = roi_spec(predictor.preprocessing)
+    spacing_c = tuple(float(vol.spacing[a]) for a in r.axes)
+    air_cut = air_threshold(canon, vol.intensity)
+    lungs_c: np.ndarray | None = None
     lung_future: Future | None = None
     timings["lungs"] = 0.0
     if isinstance(lungs, np.ndarray):
@@ -639,14 +706,28 @@ def iter_segment(
             raise InvalidImageError(
                 f"lung mask shape {lungs.shape} does not match the image {vol.data.shape}"
             )
-        lung_labels = lungs.astype(np.uint8, copy=False)
-    elif lungs or restrict_to_lungs:
-        if predictor.device.type == "cuda":
+        lungs_c = to_canonical(lungs.astype(np.uint8, copy=False), r)
+    elif lungs or restrict_to_lungs or spec is not None:
+        job = (canon, spacing_c, vol.intensity, air_cut)
+        if predictor.device.type == "cuda" and spec is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lung-mask")
-            lung_future = pool.submit(_timed_lung_mask, vol)
+            lung_future = pool.submit(_timed_lung_mask, *job)
             pool.shutdown(wait=False)
         else:
-            lung_labels, timings["lungs"] = _timed_lung_mask(vol)
+            lungs_c, timings["lungs"] = _timed_lung_mask(*job)
+    check = None
+    roi = None
+    fill = -1000.0
+    if spec is not None:
+        check = check_lungs(lungs_c, spacing_c) if lungs_c is not None else None  # type: ignore[arg-type]
+        roi = choose_roi(
+            canon,
+            lungs_c,
+            spec=spec,
+            threshold=air_cut,
+            lungs_plausible=check is not None and check.plausible,
+        )
+        fill = fill_value(spec, vol.intensity)
 
     if batch_size == "auto" or batch_size is None:
         batch = auto_batch_size(predictor.device, mh, mw, predictor.autocast, native_hw=(h, w))
@@ -665,6 +746,8 @@ def iter_segment(
             prob_dtype=probability_dtype,
             attention=n_alpha,
             max_batch=batch,
+            roi=roi,
+            fill=fill,
         )
 
     def write(p: _Pending) -> None:
@@ -684,37 +767,34 @@ def iter_segment(
         if should_cancel is not None and should_cancel():
             raise CancelledError("segmentation cancelled; nothing was written")
         count = min(batch, n - start)
+        out_of_memory = False
         try:
             submitted = runner.submit(start, count, pad_to=batch if pad_shapes else None)
         except Exception as err:
             if not is_out_of_memory(err):
                 raise
-            _free_device_memory(predictor)
-            if batch > 1:
-                batch = max(1, batch // 2)
-                messages.append(
-                    f"out of memory on {predictor.device}: batch size lowered to {batch}"
-                )
-                warnings.warn(messages[-1], RuntimeWarning, stacklevel=2)
-                continue
-            if predictor.device.type != "cpu":
-                messages.append(
-                    f"out of memory on {predictor.device} even with one slice per batch: "
-                    "continuing on the CPU (slower)"
-                )
-                warnings.warn(messages[-1], RuntimeWarning, stacklevel=2)
+            out_of_memory = True  # handled below: here the traceback still holds the tensors
+        if out_of_memory:
+            failed_device = predictor.device
+            free_device_memory(failed_device)
+            step = oom_backoff(batch, failed_device)
+            if step.action == "fail":
+                raise step.error
+            messages.append(step.message)
+            warnings.warn(step.message, RuntimeWarning, stacklevel=2)
+            if step.action == "cpu":
                 if pending is not None:
                     write(pending)
                     pending = None
-                predictor.to_cpu()
-                batch = auto_batch_size(predictor.device, mh, mw)
+                # A new CPU predictor: the caller's (maybe shared) predictor is not changed.
+                predictor = predictor.to_cpu()
                 runner = runner_for(predictor)
+                free_device_memory(failed_device)  # our buffers on the device are gone now
+                batch = auto_batch_size(predictor.device, mh, mw)
                 pad_shapes = predictor.compiled
-                continue
-            raise CovidSegError(
-                "out of memory on the CPU even with one slice per batch; close other "
-                "programs or segment a smaller (cropped or downsampled) image"
-            ) from None
+            else:
+                batch = step.batch_size
+            continue
         if pending is not None:
             write(pending)
             yield Progress(pending.start + pending.count, n)
@@ -725,16 +805,45 @@ def iter_segment(
         yield Progress(n, n)
     timings["inference"] = time.perf_counter() - t0
     if lung_future is not None:
-        lung_labels, timings["lungs"] = lung_future.result()
+        lungs_c, timings["lungs"] = lung_future.result()
 
     t0 = time.perf_counter()
-    from .postprocess import complete_lungs
-    from .postprocess import restrict_to_lungs as restrict
+    lung_report: dict | None = None
+    lung_labels: np.ndarray | None = None
+    if lungs_c is not None:
+        from .lungs import hu_to_intensity
+        from .postprocess import BONE_HU, complete_lungs, restrict_to_lungs_checked
 
-    if restrict_to_lungs and lung_labels is not None:
-        restrict(mask, lung_labels, axial_axis=r.axial_axis, spacing=vol.spacing)
-    if lung_labels is not None:
-        lung_labels = complete_lungs(lung_labels, mask, axial_axis=r.axial_axis)
+        if check is None:
+            check = check_lungs(lungs_c, spacing_c)
+        lung_report = {
+            "status": "off",
+            "reason": "",
+            "right_ml": round(check.right_ml, 1),
+            "left_ml": round(check.left_ml, 1),
+            "notes": list(check.notes),
+        }
+        if restrict_to_lungs:
+            if check.plausible:
+                removed, reason = restrict_to_lungs_checked(
+                    mask_c,
+                    prob_c,
+                    lungs_c,
+                    spacing_c,
+                    image=canon,
+                    bone_threshold=hu_to_intensity(BONE_HU - 10.0, vol.intensity),
+                )
+                lung_report["removed_voxels"] = removed
+            else:
+                reason = f"the lung mask looks wrong ({check.reason})"
+            lung_report["status"] = "skipped" if reason else "ok"
+            lung_report["reason"] = reason
+            if reason:
+                messages.append(f"lung restriction skipped: {reason}")
+        lungs_c = complete_lungs(lungs_c, mask_c, axial_axis=0)
+        lung_labels = np.ascontiguousarray(from_canonical(lungs_c, r))
+    if roi is not None:
+        lung_report = {**(lung_report or {"status": "off", "reason": ""}), "roi": roi.as_dict()}
     scores = None
     if uncertainty:
         from .uncertainty import slice_uncertainty
@@ -756,25 +865,24 @@ def iter_segment(
         model_name=predictor.name,
         timings=timings,
         messages=messages,
+        lung_report=lung_report,
     )
 
 
-def _timed_lung_mask(vol: Volume) -> tuple[np.ndarray, float]:
-    from .lungs import lung_mask
+def _timed_lung_mask(
+    canon: np.ndarray, spacing: tuple[float, ...], intensity: str, threshold: float
+) -> tuple[np.ndarray, float]:
+    """Canonical lung labels ``(S, P, L)`` uint8 and the seconds they took."""
+    from .lungs import GAS_MEDIAN_HU, lung_mask_canonical
 
     t0 = time.perf_counter()
-    labels = lung_mask(vol)
+    labels = lung_mask_canonical(
+        canon,
+        spacing=spacing,  # type: ignore[arg-type]
+        threshold=threshold,
+        gas_median=None if intensity == WINDOWED else GAS_MEDIAN_HU,
+    )
     return labels, time.perf_counter() - t0
-
-
-def _free_device_memory(predictor: Predictor) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if predictor.device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def segment(

@@ -7,6 +7,14 @@ from scipy import ndimage
 
 #: Predictions farther than this outside the lung mask are dropped (mm, in-plane).
 LUNG_MARGIN_MM = 5.0
+#: Probability (0..1) from which a lesion voxel counts as confident.
+CONFIDENT = 0.8
+#: The restriction is skipped when it would remove more than this share of confident voxels.
+MAX_CONFIDENT_LOSS = 0.5
+#: Bone (ribs, spine) for the rib cage, HU.
+BONE_HU = 150.0
+#: Inside the rib cage, predictions this close to aerated lung are lung (consolidation), mm.
+CHEST_WALL_MM = 30.0
 
 
 def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -59,6 +67,90 @@ def restrict_to_lungs(
             m[i][drop] = 0
             removed += n
     return removed
+
+
+def restrict_to_lungs_checked(
+    mask: np.ndarray,
+    probability: np.ndarray,
+    lungs: np.ndarray,
+    spacing: tuple[float, ...],
+    *,
+    image: np.ndarray | None = None,
+    bone_threshold: float = BONE_HU,
+    margin_mm: float = LUNG_MARGIN_MM,
+    wall_mm: float = CHEST_WALL_MM,
+) -> tuple[int, str]:
+    """In place, on canonical ``(S, P, L)`` arrays: drop predictions outside the lungs.
+
+    "Inside" is the lungs' per-slice convex hull dilated by ``margin_mm``,
+    plus, when ``image`` is given, whatever lies inside the rib cage (the
+    convex hull of bone) within ``wall_mm`` of the aerated lung: dense
+    consolidation and effusion-adjacent lesions along the chest wall are not
+    air, yet they are lung. Nothing is removed when that would cost more
+    than half of the model's confident voxels (p >= 0.8): then the lung
+    mask, not the model, is what is wrong.
+
+    Args:
+        mask: uint8 lesion mask, modified in place.
+        probability: uint8 (p x 255) or float probabilities, same shape.
+        lungs: lung labels, same shape.
+        spacing: ``(S, P, L)`` voxel size in mm.
+        image: the intensities, same shape (for the rib cage), or None.
+        bone_threshold: bone in the image's units (150 HU by default).
+    Returns:
+        ``(voxels removed, reason)``: the reason is empty when the restriction
+        was applied, else says why it was skipped.
+    """
+    from .lungs import lung_envelope
+
+    if mask.shape != lungs.shape:
+        raise ValueError(f"mask {mask.shape} and lungs {lungs.shape} differ in shape")
+    outside = (mask > 0) & (lungs == 0)
+    rows = np.flatnonzero(outside.reshape(len(outside), -1).any(axis=1))
+    if len(rows) == 0:
+        return 0, ""
+    size = tuple(2 * int(margin_mm / max(s, 1e-6) + 1e-6) + 1 for s in spacing[1:])
+    near = tuple(2 * int(wall_mm / max(s, 1e-6) + 1e-6) + 1 for s in spacing[1:])
+    cut = CONFIDENT * 255.0 if probability.dtype == np.uint8 else CONFIDENT
+    envelope = lung_envelope(lungs, rows)
+    drops: dict[int, np.ndarray] = {}
+    lost = 0
+    for i in rows:
+        inside = (lungs[i] > 0) | envelope[i]
+        if image is not None and lungs[i].any():
+            inside |= _rib_cage(image[i] >= bone_threshold) & ndimage.maximum_filter(
+                lungs[i] > 0, size=near
+            )
+        if margin_mm > 0:
+            inside = ndimage.maximum_filter(inside, size=size)
+        drop = outside[i] & ~inside
+        if drop.any():
+            drops[int(i)] = drop
+            lost += int(np.count_nonzero(drop & (probability[i] >= cut)))
+    confident = int(np.count_nonzero(probability[mask > 0] >= cut))
+    if confident and lost > MAX_CONFIDENT_LOSS * confident:
+        share = 100.0 * lost / confident
+        return 0, (
+            f"it would remove {share:.0f} % of the model's confident lesion voxels; "
+            "the lung mask probably misses part of the lungs"
+        )
+    removed = 0
+    for i, drop in drops.items():
+        mask[i][drop] = 0
+        removed += int(np.count_nonzero(drop))
+    return removed, ""
+
+
+def _rib_cage(bone: np.ndarray) -> np.ndarray:
+    """Convex hull of a slice's bone pixels (ribs, spine, sternum): the thoracic cage."""
+    from skimage.morphology import convex_hull_image
+
+    if np.count_nonzero(bone) < 3:
+        return np.zeros_like(bone)
+    try:
+        return convex_hull_image(bone)
+    except Exception:  # degenerate (collinear) bone
+        return bone
 
 
 def complete_lungs(lungs: np.ndarray, mask: np.ndarray, *, axial_axis: int = 0) -> np.ndarray:

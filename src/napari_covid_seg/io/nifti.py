@@ -100,6 +100,13 @@ def _read_array(img, path: Path, shape3: tuple[int, int, int]) -> np.ndarray:
             )
     if str(path).lower().endswith(".gz"):
         _check_gzip_size(path, img.header, n_vox)
+    stored = np.dtype(img.header.get_data_dtype())
+    if stored.fields is not None or stored.kind not in "iufb":
+        kind = "RGB/structured" if stored.fields is not None else f"{stored} ({stored.kind})"
+        raise InvalidImageError(
+            f"{path} stores {kind} voxels; a CT holds one number (HU) per voxel. "
+            "Convert it to a grey-level scalar image first (e.g. from the original DICOM)."
+        )
     proxy = img.dataobj
     try:
         raw = np.asanyarray(proxy.get_unscaled())
@@ -199,11 +206,22 @@ def read_volume(path: str | os.PathLike, *, as_mask: bool | None = None) -> Volu
     data = np.ascontiguousarray(arr.transpose(2, 1, 0))  # (i, j, k) -> (z, y, x)
     if as_mask is None:
         as_mask = name_says_mask(path) or looks_like_labels(data)
+    extra: dict = {}
     if as_mask:
         data = _as_label_dtype(data)
         intensity = HU
     else:
         intensity = WINDOWED if looks_windowed(data) else HU
+        if intensity == HU and looks_offset_hu(data):
+            data = _shift_offset(data)
+            extra["warning"] = (
+                f"{path.name}: values start at 0 with air near 0: an unsigned CT stored "
+                f"with a +{HU_OFFSET} offset and no intercept. Shifted by -{HU_OFFSET} to "
+                "Hounsfield units; set scl_inter = -1024 in the file to silence this."
+            )
+            import warnings
+
+            warnings.warn(extra["warning"], UserWarning, stacklevel=2)
     return Volume(
         data=data,
         affine=np.asarray(img.affine, dtype=np.float64),
@@ -212,7 +230,33 @@ def read_volume(path: str | os.PathLike, *, as_mask: bool | None = None) -> Volu
         source_shape=file_shape,
         intensity=intensity,
         is_mask=bool(as_mask),
+        extra=extra,
     )
+
+
+#: The offset of unsigned CT storage (DICOM RescaleIntercept -1024 left out).
+HU_OFFSET = 1024
+
+
+def looks_offset_hu(data: np.ndarray) -> bool:
+    """True for a CT stored unsigned with +1024 (air near 0, tissue near 1000, no negatives).
+
+    A CT in HU always has air near -1000; one whose minimum is 0, whose
+    values reach past 1000 and where at least 1 % of the voxels are air-like
+    (below 200) lost its -1024 intercept.
+    """
+    if data.size == 0 or data.dtype.kind not in "iuf":
+        return False
+    sample = data.reshape(-1)[:: max(1, data.size // 2_000_000)]
+    lo, hi = float(sample.min()), float(sample.max())
+    return lo >= 0.0 and hi > 1000.0 and float(np.mean(sample < 200)) >= 0.01
+
+
+def _shift_offset(data: np.ndarray) -> np.ndarray:
+    """``data - 1024`` as int16 when it fits, else float32."""
+    if data.dtype.kind in "iu" and float(data.max()) - HU_OFFSET <= np.iinfo(np.int16).max:
+        return (data.astype(np.int32) - HU_OFFSET).astype(np.int16)
+    return data.astype(np.float32) - np.float32(HU_OFFSET)
 
 
 def _as_label_dtype(data: np.ndarray) -> np.ndarray:

@@ -94,6 +94,7 @@ def run_comparison(
         input_size=config.input_size,
         rotate_k=config.rotate_k,
         lesion_labels=config.lesion_labels,
+        roi=config.roi,
     )
     split = split_dataset(data, config.val_fraction, config.split_seed)
     rows = []

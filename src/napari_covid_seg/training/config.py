@@ -46,6 +46,11 @@ class TrainConfig:
         lesion_labels: mask labels that count as lesion (multi-class masks);
             None = masks must be binary ({0, 1} or {0, 255}).
         input_size: slices are resized to ``input_size`` squared.
+        roi: the lung-ROI policy (``{"mode": "lungs", "margin": 0.08}``, see
+            :mod:`napari_covid_seg.inference.roi`): each slice is cut to the
+            lungs' box plus margin, padded square, then resized; stored in the
+            model's preprocessing so inference does the same. None or
+            ``{"mode": "none"}``: whole slices, stretched (versions before 0.2).
         val_fraction, split_seed: seeded validation split, by case where case
             ids exist, else by slice.
         lesion_oversample: minimum fraction of sampled training slices that
@@ -55,8 +60,9 @@ class TrainConfig:
         scheduler: ``none``, ``cosine`` (linear warmup then cosine to
             ``min_lr_ratio * lr``) or ``onecycle``; warmup_epochs.
         loss: ``bce``, ``dice`` or ``dice_bce``.
-        amp: ``"off"``, ``"bf16"`` or ``"auto"`` (bf16 autocast where the
-            device supports it fast: CUDA with bf16, CPUs with avx512_bf16/AMX).
+        amp: ``"off"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 autocast where
+            it is native: CUDA compute capability >= 8.0, CPUs with
+            avx512_bf16/AMX; fp16 with a GradScaler on older GPUs; else fp32).
         patience: early stopping after this many epochs without a better
             validation score (None: never).
         time_budget_minutes: optional wall-time budget: the lr schedule advances
@@ -79,6 +85,7 @@ class TrainConfig:
     rotate_k: int = 0
     lesion_labels: tuple[int, ...] | None = None
     input_size: int = 256
+    roi: dict[str, Any] | None = field(default_factory=lambda: {"mode": "lungs"})
     val_fraction: float = 0.1
     split_seed: int = 0
     lesion_oversample: float = 0.33
@@ -123,6 +130,11 @@ class TrainConfig:
             if isinstance(labels, int):
                 labels = (labels,)
             object.__setattr__(self, "lesion_labels", tuple(int(v) for v in labels))
+        if self.roi is not None:
+            roi = {"mode": "lungs", **dict(self.roi)}
+            if roi["mode"] not in ("lungs", "none"):
+                raise ValueError(f"roi mode must be 'lungs' or 'none', got {roi['mode']!r}")
+            object.__setattr__(self, "roi", None if roi["mode"] == "none" else roi)
         if self.augment is not None:
             unknown = sorted(set(self.augment) - set(DEFAULT_AUGMENT))
             if unknown:
@@ -133,8 +145,8 @@ class TrainConfig:
         if isinstance(amp, bool):
             amp = "auto" if amp else "off"
         amp = str(amp).lower()
-        if amp not in ("off", "bf16", "auto"):
-            raise ValueError(f"amp must be 'off', 'bf16' or 'auto', got {self.amp!r}")
+        if amp not in ("off", "bf16", "fp16", "auto"):
+            raise ValueError(f"amp must be 'off', 'bf16', 'fp16' or 'auto', got {self.amp!r}")
         object.__setattr__(self, "amp", amp)
         if self.input_size % 32 or self.input_size < 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size}")

@@ -183,11 +183,14 @@ def load_slice_folder(
     lesion_labels: tuple[int, ...] | None = None,
     masks_dir: str = "masks",
     keep_native: bool = False,
+    roi: dict | None = None,
 ) -> SliceDataset:
     """Load ``root/images/<id>.*`` and ``root/masks/<id>.png`` pairs.
 
-    Images must be 8-bit (0..255, already lung-windowed). Raises DatasetError
-    for missing masks, size mismatches, non-binary masks or an empty folder.
+    Images must be 8-bit (0..255, already lung-windowed). With an ``roi``
+    policy each slice is cut to its lungs' box (see :mod:`..inference.roi`)
+    before resizing. Raises DatasetError for missing masks, size mismatches,
+    non-binary masks or an empty folder.
     """
     root = Path(root)
     img_dir, mask_dir = root / "images", root / masks_dir
@@ -227,9 +230,10 @@ def load_slice_folder(
         shapes.append(tuple(int(s) for s in img.shape))
         if keep_native:
             natives.append(np.ascontiguousarray(msk))
-        x = normalize(img, intensity="windowed_0_255")
-        imgs.append(resize_stack(x[None], input_size)[0])
-        msks.append(resize_stack(msk[None], input_size, is_mask=True)[0])
+        img3, msk3 = _apply_roi(img[None], msk[None], "windowed_0_255", roi)
+        x = normalize(img3, intensity="windowed_0_255")
+        imgs.append(resize_stack(x, input_size)[0])
+        msks.append(resize_stack(msk3, input_size, is_mask=True)[0])
     files = [images[i] for i in ids] + [masks[i] for i in ids]
     source = {
         "path": str(root.resolve()),
@@ -248,6 +252,39 @@ def load_slice_folder(
         native_shapes=shapes,
         native_masks=natives if keep_native else None,
     )
+
+
+def _volume_roi(
+    canon: np.ndarray, intensity: str, spacing: tuple[float, ...], roi: dict | None
+) -> Any:
+    """The ROI of a canonical volume under policy ``roi`` (None: no ROI)."""
+    from ..inference.roi import roi_for_canonical, roi_spec
+
+    spec = roi_spec({"roi": roi})
+    if spec is None:
+        return None
+    return roi_for_canonical(canon, intensity, spacing, spec)  # type: ignore[arg-type]
+
+
+def _apply_roi(
+    img: np.ndarray, msk: np.ndarray, intensity: str, roi: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 0..255 slice ``(1, H, W)`` and its mask cut to the policy's ROI (unchanged without one).
+
+    The ROI is found on the slice mapped to HU (lung window) as a one-slice
+    volume at the crops' nominal spacing: exactly what ``segment`` does with
+    the same slice written as HU NIfTI, so training and inference see one scale.
+    """
+    from .acquisition import CROP_SPACING_MM, SLICE_THICKNESS_MM, windowed_to_hu
+
+    spacing = (SLICE_THICKNESS_MM, CROP_SPACING_MM, CROP_SPACING_MM)
+    box = _volume_roi(windowed_to_hu(img), "hu", spacing, roi)
+    if box is None:
+        return img, msk
+    from ..inference.roi import crop_pad, fill_value
+
+    spec = {"fill_hu": -1000.0, **(roi or {})}
+    return crop_pad(img, box, fill_value(spec, intensity)), crop_pad(msk, box, 0)
 
 
 # -- nnU-Net v2 raw ------------------------------------------------------------------------------
@@ -296,6 +333,7 @@ def load_nnunet_dataset(
     lesion_labels: tuple[int, ...] | None = None,
     window: tuple[float, float] = LUNG_WINDOW,
     keep_native: bool = False,
+    roi: dict | None = None,
 ) -> SliceDataset:
     """Load an nnU-Net v2 raw dataset into canonical axial slices.
 
@@ -368,9 +406,18 @@ def load_nnunet_dataset(
         canon = [c for _, c in picks]
         if keep_native:
             natives += [np.ascontiguousarray(c_lab[c]) for c in canon]
-        x = normalize(c_img[canon], intensity=image.intensity, window=window)
+        spacing_c = tuple(float(image.spacing[a]) for a in r.axes)
+        # The ROI comes from the whole volume, like inference; then the picked slices.
+        roi_box = _volume_roi(c_img, image.intensity, spacing_c, roi)
+        sel_img, sel_lab = c_img[canon], c_lab[canon]
+        if roi_box is not None:
+            from ..inference.roi import crop_pad, fill_value
+
+            sel_img = crop_pad(sel_img, roi_box, fill_value(roi, image.intensity))  # type: ignore[arg-type]
+            sel_lab = crop_pad(sel_lab, roi_box, 0)
+        x = normalize(sel_img, intensity=image.intensity, window=window)
         imgs.append(resize_stack(x, input_size).astype(np.float16))
-        msks.append(resize_stack(c_lab[canon], input_size, is_mask=True))
+        msks.append(resize_stack(sel_lab, input_size, is_mask=True))
         cases += [case] * len(picks)
         slice_ids += [f"{case}:z={z}" for z, _ in picks]
         shapes += [tuple(int(s) for s in c_img.shape[1:])] * len(picks)
@@ -419,15 +466,21 @@ def load_dataset(
     rotate_k: int = 0,
     lesion_labels: tuple[int, ...] | None = None,
     keep_native: bool = False,
+    roi: dict | None = None,
 ) -> SliceDataset:
     """Load one dataset folder of either layout (see the module docstring).
 
-    ``keep_native`` also keeps each slice's mask at its native size (evaluation).
+    ``keep_native`` also keeps each slice's mask at its native size (evaluation);
+    ``roi``: the lung-ROI policy (None: whole slices).
     """
     layout = detect_layout(root)
     if layout == "nnunet_v2":
         return load_nnunet_dataset(
-            root, input_size=input_size, lesion_labels=lesion_labels, keep_native=keep_native
+            root,
+            input_size=input_size,
+            lesion_labels=lesion_labels,
+            keep_native=keep_native,
+            roi=roi,
         )
     return load_slice_folder(
         root,
@@ -435,6 +488,7 @@ def load_dataset(
         rotate_k=rotate_k,
         lesion_labels=lesion_labels,
         keep_native=keep_native,
+        roi=roi,
     )
 
 
@@ -445,6 +499,7 @@ def load_datasets(
     rotate_k: int = 0,
     lesion_labels: tuple[int, ...] | None = None,
     keep_native: bool = False,
+    roi: dict | None = None,
 ) -> SliceDataset:
     """Load and concatenate several dataset folders (case ids prefixed when more than one)."""
     if not roots:
@@ -457,6 +512,7 @@ def load_datasets(
             rotate_k=rotate_k,
             lesion_labels=lesion_labels,
             keep_native=keep_native,
+            roi=roi,
         )
         if len(roots) > 1:
             part.case_ids = [f"{k}/{c}" for c in part.case_ids]

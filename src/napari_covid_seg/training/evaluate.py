@@ -1,9 +1,12 @@
 """Evaluate a model version on a labelled dataset (the ``evaluate`` command).
 
-Each slice is predicted at the model's input size, the probabilities are
-resized back to the slice's native size (bilinear), thresholded, and compared
-with the native mask; metrics are pooled over all pixels and averaged per
-slice (see :mod:`.metrics`).
+:func:`evaluate_model` runs the path a user runs: every case is a NIfTI file
+in HU with a true affine, read by the plugin's reader and segmented by the
+engine with default settings (lung mask, lung ROI, restriction), then scored
+at native resolution; metrics are pooled over all pixels and averaged per
+axial slice (see :mod:`.metrics`). Every accuracy figure in docs/ comes from
+here. :func:`evaluate_slices` is the trainer's quick check on preprocessed
+slices (model selection and fine-tune comparisons), not a user figure.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .datasets import SliceDataset, load_datasets
-from .metrics import MetricAccumulator
+from ..errors import DatasetError
+from .datasets import SliceDataset
+from .metrics import MetricAccumulator, segmentation_metrics
 from .trainer import resolve_device, use_bf16
 
 
@@ -87,44 +91,200 @@ def evaluate_slices(
     return result
 
 
+def load_labelled_slices(
+    root: str | os.PathLike,
+    *,
+    rotate_k: int = 0,
+    transpose: bool = False,
+    lesion_labels: Sequence[int] | None = None,
+    ids: Sequence[str] | None = None,
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """A 2D slice folder as ``[(id, image, mask)]`` in canonical orientation, native size.
+
+    ``rotate_k`` (``np.rot90``) and then ``transpose`` turn each file into the
+    radiological view (rows anterior -> posterior, columns patient right ->
+    left). COVID-SemiSeg JPEGs need ``transpose=True``: their columns run
+    anterior -> posterior and their rows patient right -> left. ``ids``: only
+    these slices, in this order.
+    """
+    from pathlib import Path
+
+    from ..io.images2d import read_image2d, read_mask2d
+    from .datasets import _index_files, binarize_mask
+
+    root = Path(root)
+    images, masks = _index_files(root / "images"), _index_files(root / "masks")
+    wanted = list(ids) if ids is not None else sorted(images, key=_sort_key)
+    out = []
+    labels = tuple(lesion_labels) if lesion_labels is not None else None
+    for i in wanted:
+        if i not in images or i not in masks:
+            raise DatasetError(f"{root}: no image and mask for slice {i!r}")
+        img, msk = read_image2d(images[i]), read_mask2d(masks[i])
+        msk = binarize_mask(msk, labels, str(masks[i]))
+        if rotate_k % 4:
+            img, msk = np.rot90(img, rotate_k), np.rot90(msk, rotate_k)
+        if transpose:
+            img, msk = img.T, msk.T
+        out.append((i, np.ascontiguousarray(img), np.ascontiguousarray(msk)))
+    return out
+
+
+def _sort_key(s: str) -> tuple[int, int | str]:
+    return (0, int(s)) if s.isdigit() else (1, s)
+
+
+def evaluate_cases(
+    predictor: Any,
+    cases: Sequence[tuple[str, Any, np.ndarray]],
+    *,
+    workdir: str | os.PathLike,
+    **segment_options: Any,
+) -> dict[str, Any]:
+    """Metrics of the user path on ``[(name, Volume, truth)]``.
+
+    Each Volume is written as a NIfTI file, read back with the plugin's reader
+    and segmented by :func:`inference.segment` exactly as the ``segment``
+    command does (defaults unless ``segment_options`` says otherwise).
+    ``truth`` has the Volume's ``(z, y, x)`` shape. Returns pooled and
+    per-slice metrics (axial slices), per-case Dice and lung-mask reports.
+    """
+    from pathlib import Path
+
+    from ..inference import segment
+    from ..io import read_volume, write_volume
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    acc = MetricAccumulator()
+    per_case = []
+    for name, vol, truth in cases:
+        path = work / f"{name}.nii.gz"
+        write_volume(path, vol.data, vol)
+        image = read_volume(path, as_mask=False)
+        result = segment(image, predictor, **segment_options)
+        axis = result.axial_axis
+        pred = np.moveaxis(result.mask, axis, 0)
+        ref = np.moveaxis(np.asarray(truth), axis, 0)
+        acc.update(pred, ref > 0)
+        case = segmentation_metrics(pred, ref > 0)
+        report = result.lung_report or {}
+        per_case.append(
+            {
+                "case": name,
+                "dice": round(case["dice"], 4),
+                "lungs": report.get("status", "off"),
+                "reason": report.get("reason", ""),
+            }
+        )
+        path.unlink(missing_ok=True)
+    out = acc.compute()
+    out["cases"] = per_case
+    out["restriction_skipped"] = sum(c["lungs"] == "skipped" for c in per_case)
+    return out
+
+
 def evaluate_model(
     model: str | os.PathLike,
     data_dirs: Sequence[str | os.PathLike],
     *,
     rotate_k: int = 0,
+    transpose: bool = False,
     lesion_labels: Sequence[int] | None = None,
     device: str = "auto",
     threshold: float | None = None,
-    batch_size: int = 8,
-    amp: str = "off",
+    subset: str = "all",
+    restrict_to_lungs: bool = True,
+    tta: bool = False,
     store: Any = None,
 ) -> dict[str, Any]:
-    """Load a model version (store name or path) and evaluate it on dataset folders."""
+    """Evaluate a model version through the path a user runs (NIfTI -> reader -> segment).
+
+    2D slice folders become one-slice HU NIfTI files with their true anatomy
+    (:mod:`.acquisition`; 0..255 slices mapped with the lung window); nnU-Net
+    folders are read as they are. ``subset="val"`` keeps the slices the model
+    was validated on (its provenance), so training slices are never scored.
+    """
+    import tempfile
+
+    from ..inference import load_predictor
     from ..models.checkpoint import load_model_version
     from ..models.store import ModelStore
+    from .acquisition import slice_volume, windowed_to_hu
+    from .datasets import detect_layout
 
     store = store if store is not None else ModelStore()
     path = store.resolve(model)
-    dev = resolve_device(device)
-    mv = load_model_version(path, device=dev)
-    size = int(mv.preprocessing.get("input_size", 256))
-    data = load_datasets(
-        list(data_dirs),
-        input_size=size,
-        rotate_k=rotate_k,
-        lesion_labels=tuple(lesion_labels) if lesion_labels is not None else None,
-        keep_native=True,
-    )
-    thr = float(threshold if threshold is not None else mv.preprocessing.get("threshold", 0.5))
-    result = evaluate_slices(
-        mv.model, data, threshold=thr, device=dev, batch_size=batch_size, amp=amp
-    )
+    mv = load_model_version(path, device="cpu")
+    ids = None
+    if subset == "val":
+        split = (mv.provenance or {}).get("split") or {}
+        ids = split.get("val_ids") or split.get("val_cases")
+        if not ids:
+            raise DatasetError(f"model {mv.name!r} records no validation slices in its provenance")
+        ids = [str(i).split("/", 1)[-1] for i in ids]
+    elif subset != "all":
+        raise ValueError(f"subset must be 'all' or 'val', got {subset!r}")
+    predictor = load_predictor(mv, device=device, tta=tta)
+    options: dict[str, Any] = {"restrict_to_lungs": restrict_to_lungs, "uncertainty": False}
+    if threshold is not None:
+        options["threshold"] = threshold
+    cases: list[tuple[str, Any, np.ndarray]] = []
+    for root in data_dirs:
+        if detect_layout(root) == "nnunet_v2":
+            cases += _nnunet_cases(root, lesion_labels, ids)
+            continue
+        wanted = ids
+        if ids is not None:
+            from pathlib import Path
+
+            have = {p.stem for p in (Path(root) / "images").iterdir()}
+            wanted = [i for i in ids if i in have]
+        for name, img, msk in load_labelled_slices(
+            root, rotate_k=rotate_k, transpose=transpose, lesion_labels=lesion_labels, ids=wanted
+        ):
+            hu = windowed_to_hu(img) if img.dtype == np.uint8 or img.max() <= 255 else img
+            cases.append((name, slice_volume(hu), msk[None]))
+    if not cases:
+        raise DatasetError("no labelled slices to evaluate")
+    with tempfile.TemporaryDirectory(prefix="covid-seg-eval-") as tmp:
+        result = evaluate_cases(predictor, cases, workdir=tmp, **options)
     result.update(
         {
             "model": mv.name,
             "model_path": str(path),
             "data": [os.fspath(d) for d in data_dirs],
-            "threshold": thr,
+            "threshold": float(
+                threshold if threshold is not None else mv.preprocessing.get("threshold", 0.5)
+            ),
+            "subset": subset,
+            "lung_restriction": restrict_to_lungs,
+            "tta": tta,
+            "resolution": "native",
+            "path": "NIfTI (HU, true affine) -> reader -> segment",
         }
     )
     return result
+
+
+def _nnunet_cases(
+    root: str | os.PathLike, lesion_labels: Sequence[int] | None, ids: Sequence[str] | None
+) -> list[tuple[str, Any, np.ndarray]]:
+    """``[(case, image Volume, binary truth)]`` of an nnU-Net v2 raw folder."""
+    from pathlib import Path
+
+    from ..io import read_volume
+    from .datasets import binarize_mask
+
+    root = Path(root)
+    out = []
+    for lab in sorted((root / "labelsTr").glob("*.nii*")):
+        case = lab.name.split(".nii")[0]
+        if ids is not None and case not in ids:
+            continue
+        image = read_volume(next((root / "imagesTr").glob(f"{case}_0000.nii*")), as_mask=False)
+        truth = read_volume(lab, as_mask=True).data
+        labels = tuple(lesion_labels) if lesion_labels is not None else None
+        truth = binarize_mask(truth, labels, str(lab))
+        out.append((case, image, truth))
+    return out

@@ -133,7 +133,10 @@ def finetune(
     else:
         cfg = TrainConfig(**FINETUNE_DEFAULTS)
     input_size = int(mv.preprocessing.get("input_size", cfg.input_size))
+    # Fine-tuning follows the base version's ROI policy (None for versions before it).
+    base_roi = mv.preprocessing.get("roi")
     cfg = cfg.replace(
+        roi=base_roi or {"mode": "none"},
         name=name or f"{base_name}-ft",
         model=mv.config.name,
         model_kwargs={},
@@ -149,7 +152,11 @@ def finetune(
         description=f"Fine-tuned from {base_name} on corrected data",
     )
     new = load_datasets(
-        cfg.data, input_size=input_size, rotate_k=cfg.rotate_k, lesion_labels=cfg.lesion_labels
+        cfg.data,
+        input_size=input_size,
+        rotate_k=cfg.rotate_k,
+        lesion_labels=cfg.lesion_labels,
+        roi=cfg.roi,
     )
     replay = None
     if replay_dirs:
@@ -158,6 +165,7 @@ def finetune(
             input_size=input_size,
             rotate_k=cfg.rotate_k if replay_rotate_k is None else replay_rotate_k,
             lesion_labels=cfg.lesion_labels,
+            roi=cfg.roi,
         )
     data, split = mix_replay(new, replay, replay_fraction, cfg.val_fraction, cfg.split_seed)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg.name)

@@ -22,7 +22,15 @@ Cancel: a ``should_stop()`` callback (checked between batches) or SIGINT/SIGTERM
 (``handle_signals=True``) ends training at the next batch; the partial epoch is
 discarded and the best version so far is registered. Distributed: under
 ``torchrun`` (or with a process group already initialised) the model is wrapped
-in DDP and each rank takes every ``world_size``-th sample.
+in DDP; the epoch's sample order is padded to a multiple of the world size and
+dealt out (:func:`.ddp.shard`), so every rank runs the same number of steps;
+BatchNorm statistics are copied from rank 0 after each epoch, validation
+metrics are pooled over the ranks, only rank 0 writes files, and rank 0 picks
+the checkpoint a resumed run starts from.
+
+Device, precision and out-of-memory policy come from
+:mod:`napari_covid_seg.inference.device` (bf16 where native, fp16 with a
+GradScaler on older GPUs, fp32 elsewhere).
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CancelledError, DatasetError, DeviceError
+from ..errors import CancelledError, DatasetError, OutOfMemoryError
+from ..inference import device as devices
+from ..inference.device import cpu_supports_bf16 as cpu_has_fast_bf16  # noqa: F401 (old name)
 from ..io.atomic import atomic_write_text
 from . import ddp
 from .augment import augment_batch
@@ -89,41 +99,23 @@ class TrainResult:
 # -- small helpers -------------------------------------------------------------------------------
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return False
-    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_device(spec: str, dist_info: ddp.DistInfo | None = None) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device (DeviceError if unavailable)."""
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device (DeviceError if unavailable).
+
+    ``auto`` trains on CUDA when present, else on the CPU; in a multi-process
+    job ``auto``/``cuda`` mean ``cuda:LOCAL_RANK``.
+    """
     spec = (spec or "auto").lower()
     if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError("CUDA was requested but no GPU is available; use --device cpu")
-        if spec == "cuda" and dist_info is not None and dist_info.world_size > 1:
-            return torch.device("cuda", dist_info.local_rank)
-        return torch.device(spec)
-    if spec != "cpu":
-        raise DeviceError(f"Unknown device {spec!r}; use auto, cpu or cuda")
-    return torch.device("cpu")
+        spec = "cuda" if devices.cuda_available() else "cpu"
+    if spec == "cuda" and dist_info is not None and dist_info.world_size > 1:
+        spec = f"cuda:{dist_info.local_rank}"
+    return devices.resolve_device(spec)
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
     """Whether to autocast to bf16 for an ``amp`` setting on ``device``."""
-    if amp == "off":
-        return False
-    if amp == "bf16":
-        return True
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return cpu_has_fast_bf16()
+    return devices.training_dtype(amp, device) is torch.bfloat16
 
 
 def _seed_for(seed: int, epoch: int, rank: int, stream: int) -> int:
@@ -312,15 +304,21 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        # One run folder for all ranks (a default name holds a timestamp that may differ);
+        # after set_device: NCCL object collectives use the current GPU.
+        self.out_dir = Path(ddp.broadcast_object(str(self.out_dir), self.dist))
         if cfg.num_threads:
             torch.set_num_threads(int(cfg.num_threads))
-        self.bf16 = use_bf16(cfg.amp, self.device)
+        self.amp_dtype = devices.training_dtype(cfg.amp, self.device)
+        self.bf16 = self.amp_dtype is torch.bfloat16
+        self.scaler = devices.grad_scaler(self.amp_dtype, self.device)
         if self.data is None:
             self.data = load_datasets(
                 cfg.data,
                 input_size=cfg.input_size,
                 rotate_k=cfg.rotate_k,
                 lesion_labels=cfg.lesion_labels,
+                roi=cfg.roi,
             )
         if len(self.data) == 0:
             raise DatasetError("The dataset is empty")
@@ -347,9 +345,7 @@ class Trainer:
                 torch.manual_seed(cfg.seed)
                 model = build_model(cfg.model, **cfg.model_kwargs)
         self.model_config = _unwrap(model).config
-        model = model.to(self.device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(self.device).to(memory_format=devices.memory_format(cfg.channels_last))
         self.raw_model = model
         if self.dist.enabled:  # also at world size 1 (tests exercise the DDP path)
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -401,9 +397,7 @@ class Trainer:
         return cfg.low_res_size if progress < cfg.low_res_fraction else None
 
     def _n_batches(self, n: int) -> int:
-        bs = self.config.batch_size
-        full, rest = divmod(n, bs)
-        return max(1, full + (1 if rest > 1 or (rest == 1 and full == 0) else 0))
+        return ddp.n_batches(n, self.config.batch_size)
 
     def _tensorboard(self) -> Any:
         if not self.dist.is_main:
@@ -442,6 +436,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "history": self.history,
                 "rng_torch": torch.get_rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "architecture": self.model_config.to_dict(),
                 "config": self.config.to_dict(),
             }
@@ -477,6 +472,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
         torch.set_rng_state(state["rng_torch"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def _find_resume(self) -> Path | None:
         for cand in (self.last_dir, self.out_dir / ".last.old"):
@@ -487,8 +484,8 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,8 +496,7 @@ class Trainer:
     def _to_input(self, x: torch.Tensor) -> torch.Tensor:
         c = self.model_config.in_channels
         x = x.to(self.device, non_blocking=True).expand(-1, c, -1, -1)
-        fmt = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
+        return x.contiguous(memory_format=devices.memory_format(self.config.channels_last))
 
     def train_epoch(self, epoch: int) -> Generator[dict[str, Any], None, float | None]:
         """One pass over the sampled training slices; returns the mean loss (None if stopped)."""
@@ -510,12 +506,10 @@ class Trainer:
         order = epoch_indices(
             self.train_has_lesion, self.n_samples, cfg.lesion_oversample, g_sample
         )
-        mine = order[self.dist.rank :: self.dist.world_size]
-        train_idx = torch.as_tensor(self.train_idx)[mine]
-        bs = cfg.batch_size
-        batches = [train_idx[i : i + bs] for i in range(0, len(train_idx), bs)]
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            batches = batches[:-1]
+        # Padded to a multiple of the world size: every rank runs the same number of steps.
+        mine = ddp.shard(order, self.dist.rank, self.dist.world_size)
+        train_idx = torch.as_tensor(self.train_idx)[torch.as_tensor(mine)]
+        batches = ddp.split_batches(train_idx, cfg.batch_size)
         low_res = self._low_res(epoch)
         self.train_size = low_res or cfg.input_size
         self.model.train()
@@ -533,14 +527,21 @@ class Trainer:
                 y = (y >= 0.5).float()
             x = self._to_input(x)
             y = y.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.model(x)
-            loss = self.loss_fn(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            out_of_memory = False
+            try:
+                loss = self._step(x, y)
+            except Exception as err:
+                if not devices.is_out_of_memory(err):
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside the except block: the traceback holds the tensors
+                del x, y
+                devices.free_device_memory(self.device)
+                raise OutOfMemoryError(
+                    f"Out of memory on {self.device} while training at batch size "
+                    f"{cfg.batch_size} and {self.train_size} px: lower the batch size "
+                    "(--batch-size), train at a smaller input size, or use the CPU"
+                )
             self.scheduler.step()
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -561,7 +562,29 @@ class Trainer:
             self._fire("on_batch_end", event)
             yield self._emit(event)
         sums = ddp.all_reduce_sum([total, count], self.dist, self.device)
+        ddp.broadcast_buffers(_unwrap(self.model), self.dist)
         return sums[0] / max(1.0, sums[1])
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and optimizer step (GradScaler for fp16); returns the loss."""
+        cfg = self.config
+        with self._autocast():
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            return loss
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
@@ -614,7 +637,10 @@ class Trainer:
         self._setup()
         start_epoch = 1
         if self.resume:
-            found = self._find_resume()
+            # Rank 0 chooses, so every rank loads the same checkpoint.
+            found = ddp.broadcast_object(
+                self._find_resume() if self.dist.is_main else None, self.dist
+            )
             if found is not None:
                 self.load_checkpoint(found)
                 start_epoch = self.epoch + 1
@@ -634,6 +660,8 @@ class Trainer:
             "n_val": len(self.val_idx),
             "device": str(self.device),
             "bf16": self.bf16,
+            "precision": devices.precision_name(self.amp_dtype),
+            "world_size": self.dist.world_size,
             "resumed_from": self.epoch if start_epoch > 1 else None,
         }
         self._fire("on_train_start", event)
@@ -758,6 +786,10 @@ class Trainer:
         pre["input_size"] = self.config.input_size
         pre["n_channels"] = self.model_config.in_channels
         pre["threshold"] = self.config.threshold
+        if self.config.roi is not None:
+            from ..inference.roi import roi_spec
+
+            pre["roi"] = roi_spec({"roi": self.config.roi})
         return pre
 
     def _save_best(self) -> None:

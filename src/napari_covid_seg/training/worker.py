@@ -190,7 +190,9 @@ def compare_on_validation(
     dev = resolve_device(device)
     base = load_model_version(base_path, device="cpu")
     size = int(base.preprocessing.get("input_size", 256))
-    data = load_datasets(list(data_dirs), input_size=size, rotate_k=rotate_k)
+    data = load_datasets(
+        list(data_dirs), input_size=size, rotate_k=rotate_k, roi=base.preprocessing.get("roi")
+    )
     where = {s: i for i, s in enumerate(data.slice_ids)}
     index = [where[s] for s in val_ids if s in where]
     if len(index) != len(val_ids):
@@ -332,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--amp",
         default=None,
-        choices=("auto", "off", "bf16"),
-        help="bf16 autocast: auto (where fast), off or bf16 (default: auto)",
+        choices=("auto", "off", "bf16", "fp16"),
+        help="autocast: auto (bf16 where native, fp16 on older GPUs), off, bf16 or fp16 "
+        "(default: auto)",
     )
     p.add_argument(
         "--replay",
@@ -404,12 +407,9 @@ def _install_signal_handlers(stop: StopFlag) -> None:
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    names = {type(e).__name__ for e in (err, err.__cause__) if e is not None}
-    if "OutOfMemoryError" in names:
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    from ..inference.device import is_out_of_memory
+
+    return is_out_of_memory(err)
 
 
 def default_run_dir(name: str) -> Path:

@@ -1,0 +1,216 @@
+"""Lung-ROI preprocessing: the model sees the lungs at one scale whatever the scan.
+
+Training crops fill the image with lung; a scanner's field of view does not.
+So every slice is cut to the lungs' bounding box (over all slices of a
+volume) plus a margin, made square by padding (never stretching), and only
+then resized to the model's input size. The same policy runs in training,
+fine-tuning and inference; it is stored in ``model.json`` as
+``preprocessing["roi"]``. Model versions without that key keep the old
+behaviour (whole slice resized to the input size).
+
+Coordinates are canonical in-plane indices ``(P, L)`` = (rows, columns) of the
+``(S, P, L)`` array; a box may extend past the image, where it is filled
+with air (-1000 HU, or its value in a 0..255 lung-windowed image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: The policy new model versions are trained and run with.
+DEFAULT_ROI: dict[str, Any] = {"mode": "lungs", "margin": 0.08, "fill_hu": -1000.0}
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A square in-plane box ``[y0, y1) x [x0, x1)`` (may extend past the image).
+
+    Attributes:
+        source: what it was derived from: ``"lungs"``, ``"body"`` or ``"image"``.
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    source: str = "lungs"
+
+    @property
+    def side(self) -> int:
+        return self.y1 - self.y0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"box": [self.y0, self.y1, self.x0, self.x1], "source": self.source}
+
+
+def roi_spec(preprocessing: dict | None) -> dict | None:
+    """The ROI policy of a model's preprocessing, or None (whole slice, older versions)."""
+    spec = (preprocessing or {}).get("roi")
+    if not spec or spec.get("mode", "lungs") == "none":
+        return None
+    return {**DEFAULT_ROI, **spec}
+
+
+def box_to_square(y0: int, y1: int, x0: int, x1: int, margin: float, source: str = "lungs") -> Roi:
+    """A bounding box ``[y0, y1) x [x0, x1)`` grown by ``margin`` x its longer side, squared."""
+    h, w = y1 - y0, x1 - x0
+    side = max(h, w)
+    side = max(1, round(side * (1.0 + 2.0 * margin)))
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+    ny0 = round(cy - side / 2.0)
+    nx0 = round(cx - side / 2.0)
+    return Roi(ny0, ny0 + side, nx0, nx0 + side, source)
+
+
+def roi_from_mask(mask: np.ndarray, margin: float, source: str) -> Roi | None:
+    """Square ROI around the nonzero voxels of a canonical ``(S, P, L)`` or ``(P, L)`` array."""
+    m = np.asarray(mask)
+    plane = m.any(axis=0) if m.ndim == 3 else m.astype(bool)
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return box_to_square(
+        int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1, margin, source
+    )
+
+
+def image_roi(height: int, width: int) -> Roi:
+    """The whole slice, padded to a square."""
+    return box_to_square(0, height, 0, width, 0.0, "image")
+
+
+def body_roi(canon: np.ndarray, threshold: float, margin: float) -> Roi:
+    """ROI around everything that is not outside air (body, and the table), else the image.
+
+    On a tight crop that is the whole slice; on a scanner's field of view the
+    patient (see :func:`.lungs.outside_air`).
+    """
+    from .lungs import outside_air
+
+    n_p, n_l = canon.shape[-2:]
+    g = max(1, -(-max(n_p, n_l) // 128))
+    small = np.asarray(canon)[..., ::g, ::g]
+    small = small if small.ndim == 3 else small[None]
+    inside = ~outside_air(small < threshold)
+    roi = roi_from_mask(inside, 0.0, "body")
+    if roi is None:
+        return image_roi(n_p, n_l)
+    y0, y1 = max(0, roi.y0) * g, min(n_p, roi.y1 * g)
+    x0, x1 = max(0, roi.x0) * g, min(n_l, roi.x1 * g)
+    return box_to_square(y0, y1, x0, x1, margin, "body")
+
+
+def fill_value(spec: dict, intensity: str) -> float:
+    """The pad value in the image's units (HU, or 0..255 lung-windowed)."""
+    from .lungs import hu_to_intensity
+
+    return hu_to_intensity(float(spec.get("fill_hu", -1000.0)), intensity)
+
+
+def crop_pad(x: np.ndarray, roi: Roi, fill: float) -> np.ndarray:
+    """``x[..., y0:y1, x0:x1]`` with the parts outside the image filled (numpy)."""
+    h, w = x.shape[-2:]
+    out = np.full((*x.shape[:-2], roi.side, roi.side), fill, dtype=x.dtype)
+    sy0, sy1 = max(roi.y0, 0), min(roi.y1, h)
+    sx0, sx1 = max(roi.x0, 0), min(roi.x1, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[..., sy0 - roi.y0 : sy1 - roi.y0, sx0 - roi.x0 : sx1 - roi.x0] = x[
+            ..., sy0:sy1, sx0:sx1
+        ]
+    return out
+
+
+def crop_pad_tensor(x: Any, roi: Roi, fill: float) -> Any:
+    """Torch version of :func:`crop_pad` for ``(..., H, W)`` tensors."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    sy0, sy1 = max(roi.y0, 0), min(roi.y1, h)
+    sx0, sx1 = max(roi.x0, 0), min(roi.x1, w)
+    inner = x[..., sy0:sy1, sx0:sx1]
+    pad = (sx0 - roi.x0, roi.x1 - sx1, sy0 - roi.y0, roi.y1 - sy1)
+    if any(pad):
+        inner = F.pad(inner, pad, mode="constant", value=float(fill))
+    return inner
+
+
+def paste_tensor(y: Any, roi: Roi, height: int, width: int, background: float) -> Any:
+    """Put an ROI-sized ``(..., side, side)`` tensor back on a ``(..., H, W)`` canvas."""
+    import torch
+
+    out = torch.full((*y.shape[:-2], height, width), background, dtype=y.dtype, device=y.device)
+    sy0, sy1 = max(roi.y0, 0), min(roi.y1, height)
+    sx0, sx1 = max(roi.x0, 0), min(roi.x1, width)
+    if sy1 > sy0 and sx1 > sx0:
+        out[..., sy0:sy1, sx0:sx1] = y[
+            ..., sy0 - roi.y0 : sy1 - roi.y0, sx0 - roi.x0 : sx1 - roi.x0
+        ]
+    return out
+
+
+def roi_for_canonical(
+    canon: np.ndarray, intensity: str, spacing: tuple[float, float, float], spec: dict
+) -> Roi:
+    """Lung mask, plausibility check and ROI of a canonical ``(S, P, L)`` image in one call.
+
+    What training and fine-tuning use; the engine runs the same steps itself
+    because it keeps the lung mask.
+    """
+    from ..io.volume import WINDOWED
+    from .lungs import GAS_MEDIAN_HU, air_threshold, check_lungs, lung_mask_canonical
+
+    thr = air_threshold(canon, intensity)
+    lungs = lung_mask_canonical(
+        canon,
+        spacing=spacing,
+        threshold=thr,
+        gas_median=None if intensity == WINDOWED else GAS_MEDIAN_HU,
+    )
+    check = check_lungs(lungs, spacing)
+    return choose_roi(canon, lungs, spec=spec, threshold=thr, lungs_plausible=check.plausible)
+
+
+def choose_roi(
+    canon: np.ndarray,
+    lungs_canon: np.ndarray | None,
+    *,
+    spec: dict,
+    threshold: float,
+    lungs_plausible: bool = True,
+) -> Roi:
+    """The ROI of a canonical ``(S, P, L)`` volume under a policy ``spec``.
+
+    The lungs' box (made symmetric about the body's midline) when the lung
+    mask is plausible, else the body's, else the whole image.
+    """
+    margin = float(spec.get("margin", DEFAULT_ROI["margin"]))
+    if lungs_canon is not None and lungs_plausible:
+        plane = np.asarray(lungs_canon).any(axis=0)
+        rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        if len(rows):
+            x0, x1 = int(cols[0]), int(cols[-1]) + 1
+            # Symmetric about the body's midline: a lung the mask missed (white-out,
+            # consolidation) is the mirror image of the one it found.
+            mid = _body_midline(canon, threshold)
+            if mid is not None:
+                half = max(mid - x0, x1 - mid)
+                x0, x1 = int(np.floor(mid - half)), int(np.ceil(mid + half))
+            return box_to_square(int(rows[0]), int(rows[-1]) + 1, x0, x1, margin, "lungs")
+    return body_roi(canon, threshold, margin)
+
+
+def _body_midline(canon: np.ndarray, threshold: float) -> float | None:
+    """Centre of the body (all but outside air) along the right-left axis, in columns."""
+    from .lungs import outside_air
+
+    n_l = canon.shape[-1]
+    g = max(1, -(-max(canon.shape[-2:]) // 128))
+    small = np.asarray(canon)[..., ::g, ::g]
+    small = small if small.ndim == 3 else small[None]
+    cols = np.flatnonzero((~outside_air(small < threshold)).any(axis=(0, 1)))
+    if len(cols) == 0:
+        return None
+    return min(n_l, (cols[0] + cols[-1] + 1) * g / 2.0)
