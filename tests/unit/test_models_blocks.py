@@ -42,7 +42,7 @@ def test_attention_gate_depends_on_gating_signal() -> None:
 
 def test_attention_gate_rejects_mismatched_sizes() -> None:
     gate = AttentionGate(4, 4)
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match="does not fit"):
         gate(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 16, 16))
 
 
@@ -110,3 +110,43 @@ def test_adapt_first_conv_weight_preserves_gray_response() -> None:
         conv(gray.repeat(1, 6, 1, 1), adapt_first_conv_weight(w3, 6)), out3, atol=1e-4, rtol=1e-4
     )
     assert adapt_first_conv_weight(w3, 3) is w3
+
+
+def test_oktay_gate_computes_on_the_coarse_grid_and_resamples():
+    import torch
+    import torch.nn.functional as F
+
+    from napari_covid_seg.models.blocks import AttentionGate
+
+    torch.manual_seed(0)
+    gate = AttentionGate(8, 4, coarse=True).eval()
+    g = torch.randn(2, 8, 5, 6)  # the deeper feature, before upsampling
+    x = torch.randn(2, 4, 10, 12)  # the skip, twice the size
+    out, alpha = gate(g, x)
+    assert out.shape == x.shape and alpha.shape == (2, 1, 10, 12)
+    a = gate.w_g(g) + gate.w_x(x)  # both on the 5 x 6 grid
+    coarse = torch.sigmoid(gate.psi(F.relu(a)))
+    want = F.interpolate(coarse, size=(10, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(alpha, want)
+    torch.testing.assert_close(out, x * want)
+    with pytest.raises(ValueError, match="does not fit"):
+        gate(torch.randn(2, 8, 10, 12), x)  # a same-size gating signal is the paper's variant
+
+
+def test_res_att_unet_with_the_oktay_gate_round_trips(tmp_path):
+    import torch
+
+    from napari_covid_seg.models import build_model
+    from napari_covid_seg.models.checkpoint import load_model_version, save_model_version
+
+    model = build_model("res_att_unet", gate="oktay").eval()
+    x = torch.rand(1, 3, 64, 64)
+    logits, alphas = model(x, return_attention=True)
+    assert logits.shape == (1, 1, 64, 64) and len(alphas) == 4
+    assert [a.shape[-1] for a in alphas] == [4, 8, 16, 32]
+    save_model_version(tmp_path / "m", model)
+    back = load_model_version(tmp_path / "m")
+    assert back.config.gate == "oktay"
+    torch.testing.assert_close(back.model.eval()(x), model(x))
+    with pytest.raises(ValueError, match="gate"):
+        build_model("res_att_unet", gate="other")

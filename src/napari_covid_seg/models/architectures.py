@@ -104,7 +104,7 @@ class SegmentationUNet(nn.Module):
         skips = (*enc[-2::-1], 0)  # f3, f2, f1, f0, none
         ins = (enc[-1], *dec[:-1])
         self.decoder = nn.ModuleList(
-            DecoderBlock(c_in, c_skip, c_out, attention=config.attention)
+            DecoderBlock(c_in, c_skip, c_out, attention=config.attention, gate=config.gate)
             for c_in, c_skip, c_out in zip(ins, skips, dec, strict=True)
         )
         self.head = nn.Conv2d(dec[-1], config.out_channels, kernel_size=1)

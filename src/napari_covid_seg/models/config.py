@@ -59,6 +59,10 @@ def normalize_name(name: str) -> str:
     return key
 
 
+#: Attention-gate variants (see :class:`ModelConfig`).
+GATES: tuple[str, ...] = ("paper", "oktay")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild an architecture (not its weights).
@@ -75,6 +79,12 @@ class ModelConfig:
             ResNet34 ``.pth``/``.safetensors`` file; only used when building
             a fresh model (ResNet encoders only). Recorded for provenance;
             loading a saved version ignores it and uses the saved weights.
+        gate: the attention gate (models with gates): ``"paper"`` (Ye & Hua's
+            text: gating signal = the upsampled decoder feature, coefficients
+            computed on the skip's grid) or ``"oktay"`` (Oktay et al. 2018:
+            computed on the coarser grid of the decoder feature, the skip
+            brought there by a 2x2 stride-2 conv, coefficients resampled
+            bilinearly to the skip's size).
     """
 
     name: str = "res_att_unet"
@@ -83,8 +93,11 @@ class ModelConfig:
     decoder_channels: tuple[int, ...] = DEFAULT_DECODER_CHANNELS
     encoder_channels: tuple[int, ...] | None = None
     encoder_weights: str = "none"
+    gate: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         name = normalize_name(self.name)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "decoder_channels", _widths(self.decoder_channels, "decoder"))
