@@ -64,6 +64,11 @@ def register(subparsers: Any) -> None:
         help="keep predictions outside the lungs",
     )
     p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average with the right-left mirror (2x the model time)",
+    )
+    p.add_argument(
         "--save-probabilities",
         action="store_true",
         help=f"also write <name>{PROB_SUFFIX}.nii.gz (uint8, probability x 255)",
@@ -343,6 +348,7 @@ def _segment_one(
             batch_size=args.batch_size,
             threshold=args.threshold,
             restrict_to_lungs=args.lung_restrict,
+            tta=getattr(args, "tta", False),
             progress=bar.update_to,
         )
     finally:
@@ -364,10 +370,19 @@ def _segment_one(
             print(f"note: {name} is not a DICOM series: no DICOM-SEG written", file=sys.stderr)
     seconds = time.perf_counter() - t0
     print(
-        f"{name}: {result.quantify().summary()}; {seconds:.1f} s on {result.device} -> {mask_path}",
+        f"{name}: {result.quantify().summary()}{_lung_note(result)}; {seconds:.1f} s on "
+        f"{result.device} -> {mask_path}",
         flush=True,
     )
     return result, mask_path, {"write": time.perf_counter() - t_write}
+
+
+def _lung_note(result: Any) -> str:
+    """``"; lung restriction skipped: <why>"`` for the summary line, or nothing."""
+    report = result.lung_report or {}
+    if report.get("status") == "skipped":
+        return f"; lung restriction skipped: {report.get('reason', '')}"
+    return ""
 
 
 def _read_input(path: Path) -> tuple[Any, str]:

@@ -32,6 +32,7 @@ class SegmentRequest:
     batch_size: int | str = "auto"
     threshold: float | None = None
     restrict_to_lungs: bool = True
+    tta: bool = False
     uncertainty_map: bool = False
     attention: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -88,6 +89,7 @@ def run_segmentation(request: SegmentRequest) -> Generator[Any, None, SegmentOut
             batch_size=request.batch_size,
             threshold=request.threshold,
             restrict_to_lungs=request.restrict_to_lungs,
+            tta=request.tta,
             lungs=True,
             uncertainty=True,
             attention=2 if request.attention else False,

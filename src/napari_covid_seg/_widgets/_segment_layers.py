@@ -54,6 +54,7 @@ def lesion_metadata(image: Any, outcome: SegmentOutcome) -> dict:
         "slice_uncertainty": [float(v) for v in np.ravel(scores)],
         "review": outcome.review,
         "quantification": outcome.quantification.to_dict() if outcome.quantification else None,
+        "lung_mask": result.lung_report,
         "prediction": result.mask.copy(),
     }
     return meta

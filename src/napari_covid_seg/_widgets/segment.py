@@ -117,6 +117,12 @@ class SegmentWidget(QWidget):
         self.batch_size.setToolTip("Axial slices per batch; auto sizes it from free GPU memory")
         self.restrict = QCheckBox("restrict to lungs")
         self.restrict.setChecked(True)
+        self.restrict.setToolTip(
+            "Drop predictions outside the lungs (skipped, with the reason shown, when the "
+            "lung mask looks wrong)"
+        )
+        self.tta = QCheckBox("test-time flips (2x time)")
+        self.tta.setToolTip("Average the prediction with that of the right-left mirror image")
         self.want_probability = QCheckBox("probability")
         self.want_uncertainty = QCheckBox("uncertainty")
         self.want_attention = QCheckBox("attention")
@@ -149,6 +155,7 @@ class SegmentWidget(QWidget):
         form.addRow("Threshold", self.threshold)
         form.addRow("Batch size", self.batch_size)
         form.addRow("", self.restrict)
+        form.addRow("", self.tta)
         form.addRow("Add layers", outputs)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -317,6 +324,7 @@ class SegmentWidget(QWidget):
             batch_size=batch,
             threshold=self.threshold.value(),
             restrict_to_lungs=self.restrict.isChecked(),
+            tta=self.tta.isChecked(),
             uncertainty_map=self.want_uncertainty.isChecked(),
             attention=self.want_attention.isChecked(),
         )
