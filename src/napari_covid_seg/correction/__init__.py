@@ -32,6 +32,7 @@ from .interpolate import (
     interpolate_between_slices,
     interpolate_slices,
 )
+from .live import ComponentCounter, LiveBurden
 from .morphology import fill_holes, grow, remove_small_islands, shrink, smooth
 from .paint import (
     filter_change_to_hu_range,
@@ -45,10 +46,12 @@ from .review import ReviewQueue, slice_uncertainty
 __all__ = [
     "AutosaveStore",
     "Box",
+    "ComponentCounter",
     "Components",
     "CorrectionError",
     "EditHistory",
     "Lesion",
+    "LiveBurden",
     "ReviewQueue",
     "Throttle",
     "annotated_slices",
