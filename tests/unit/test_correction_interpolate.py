@@ -139,3 +139,29 @@ def test_anisotropic_pixels_use_mm_distances():
     rows, cols = np.nonzero(middle)
     assert (rows.max() - rows.min() + 1) == pytest.approx(21, abs=1.5)  # 2 * 10 mm / 1 mm
     assert (cols.max() - cols.min() + 1) == pytest.approx(41, abs=2.5)  # 2 * 10 mm / 0.5 mm
+
+
+def test_interpolate_lesion_touches_only_that_lesion_between_its_key_slices():
+    """Label 1 on every slice (a model mask): only the drawn lesion's in-between slices change."""
+    from napari_covid_seg.correction import interpolate_lesion
+
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[:, 5:9, 5:9] = 1  # another lesion, label 1 on every slice
+    mask[0, 5:9, 5:9] = 0
+    mask[12, 5:9, 5:9] = 0  # ...with gaps that must stay gaps
+    mask[3] |= _disc((40, 40), 4).astype(np.uint8)  # the user's lesion: drawn on 3 and 9,
+    mask[9] |= _disc((40, 40), 10).astype(np.uint8)
+    mask[5, 38:42, 38:42] = 1  # ...and a model blob in between that gets replaced
+    lesion = np.zeros(SHAPE, bool)
+    lesion[:, 25:60, 25:60] = True
+    out = interpolate_lesion(mask, [3, 9], lesion, label=1, spacing=(2.0, 1.0, 1.0))
+    changed = np.flatnonzero((out != mask).any(axis=(1, 2)))
+    assert set(changed) <= set(range(4, 9))
+    np.testing.assert_array_equal(out[:, :20, :20], mask[:, :20, :20])  # the other lesion
+    np.testing.assert_array_equal(out[[3, 9]], mask[[3, 9]])  # key slices as drawn
+    radii = [np.sqrt(out[z, 25:60, 25:60].sum() / np.pi) for z in range(3, 10)]
+    assert np.all(np.diff(radii) > 0)  # grows from 4 to 10 in between
+    with pytest.raises(CorrectionError, match="at least two"):
+        interpolate_lesion(mask, [3], lesion)
+    with pytest.raises(CorrectionError, match="slice 6"):
+        interpolate_lesion(mask, [3, 6], lesion)

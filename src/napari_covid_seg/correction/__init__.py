@@ -30,6 +30,7 @@ from .interpolate import (
     annotated_slices,
     interpolate_all_gaps,
     interpolate_between_slices,
+    interpolate_lesion,
     interpolate_slices,
 )
 from .live import ComponentCounter, LiveBurden
@@ -67,6 +68,7 @@ __all__ = [
     "grow",
     "interpolate_all_gaps",
     "interpolate_between_slices",
+    "interpolate_lesion",
     "interpolate_slices",
     "keep_only",
     "label_components",

@@ -234,3 +234,64 @@ def interpolate_all_gaps(
             continue
         _fill_inplace(out[z0 : z1 + 1], mask[z0 : z1 + 1] == label, label, sampling)
     return out
+
+
+def interpolate_lesion(
+    mask: np.ndarray,
+    key_slices: Sequence[int],
+    lesion: np.ndarray,
+    label: int = 1,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Fill one lesion between chosen key slices, leaving every other voxel alone.
+
+    Unlike :func:`interpolate_all_gaps` (every gap of the whole label), only the
+    slices strictly between consecutive ``key_slices`` change, and only where the
+    lesion is: there the lesion's voxels are replaced by the shape interpolated
+    from its shapes on the two key slices around (written over background only).
+    Other lesions of the same label, slices outside the key range and the key
+    slices themselves are unchanged.
+
+    Args:
+        mask: label mask ``(z, y, x)``.
+        key_slices: two or more axial indices (e.g. the slices the user drew on).
+        lesion: boolean ``(z, y, x)``: the voxels that make up the lesion (e.g. its
+            connected component); its ``label`` voxels on a key slice are that
+            slice's shape.
+        label: the label to interpolate.
+        spacing: voxel size in mm, ``(z, y, x)`` or ``(y, x)``.
+
+    Raises:
+        CorrectionError: fewer than two key slices, or a key slice without lesion voxels.
+    """
+    mask = check_mask(mask)
+    lesion = np.asarray(lesion, dtype=bool)
+    if lesion.shape != mask.shape:
+        raise ValueError(f"lesion {lesion.shape} and mask {mask.shape} differ in shape")
+    keys = sorted({int(z) for z in key_slices})
+    if len(keys) < 2:
+        raise CorrectionError(
+            "fill between slices needs the lesion on at least two axial slices "
+            f"(got {keys or 'none'})"
+        )
+    if keys[0] < 0 or keys[-1] >= mask.shape[0]:
+        raise ValueError(f"key slices must be in 0..{mask.shape[0] - 1}, got {keys}")
+    shape = lesion & (mask == label)
+    empty = [z for z in keys if not shape[z].any()]
+    if empty:
+        raise CorrectionError(
+            f"axial slice {empty[0]} has no voxels of this lesion; draw it there first "
+            "or choose other slices"
+        )
+    out = mask.copy()
+    sampling = _sampling(spacing, mask.ndim)
+    for z0, z1 in itertools.pairwise(keys):
+        if z1 - z0 < 2:
+            continue
+        fractions = [(z - z0) / (z1 - z0) for z in range(z0 + 1, z1)]
+        planes = interpolate_slices(shape[z0], shape[z1], fractions, sampling)
+        for z, inside in zip(range(z0 + 1, z1), planes, strict=True):
+            plane = out[z]
+            plane[lesion[z] & (plane == label)] = 0
+            plane[inside & (plane == 0)] = label
+    return out
