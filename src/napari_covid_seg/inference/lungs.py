@@ -430,26 +430,29 @@ def _upsample(low: np.ndarray, f: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(up[:, : shape[1], : shape[2]])
 
 
+def convex_hull(region: np.ndarray) -> np.ndarray:
+    """Convex hull of a 2D bool region (the region itself when degenerate or tiny)."""
+    from skimage.morphology import convex_hull_image
+
+    if np.count_nonzero(region) < 3:
+        return region.copy()
+    try:
+        return convex_hull_image(region)
+    except Exception:  # collinear points
+        return region.copy()
+
+
 def lung_envelope(lungs: np.ndarray, slices: np.ndarray | None = None) -> np.ndarray:
     """Per-slice convex hull of each lung of a canonical ``(S, P, L)`` label array (bool).
 
-    Dense subpleural consolidation and effusion-adjacent lesions are not air,
-    so the threshold mask misses them; they lie inside the lung's convex hull
-    in the axial plane. ``slices``: only these canonical slices (others False).
+    Dense subpleural consolidation is not air, so the threshold mask misses
+    it; much of it lies inside the lung's convex hull in the axial plane.
+    ``slices``: only these canonical slices (others False).
     """
-    from skimage.morphology import convex_hull_image
-
     out = np.zeros(lungs.shape, dtype=bool)
-    idx = np.arange(lungs.shape[0]) if slices is None else np.asarray(slices)
-    for i in idx:
-        sl = lungs[i]
+    for i in np.arange(lungs.shape[0]) if slices is None else np.asarray(slices):
         for label in (RIGHT_LUNG, LEFT_LUNG):
-            region = sl == label
-            if np.count_nonzero(region) >= 3:
-                try:
-                    out[i] |= convex_hull_image(region)
-                except Exception:  # degenerate (collinear) regions: keep the region
-                    out[i] |= region
+            out[i] |= convex_hull(lungs[i] == label)
     return out
 
 

@@ -79,6 +79,7 @@ def restrict_to_lungs_checked(
     bone_threshold: float = BONE_HU,
     margin_mm: float = LUNG_MARGIN_MM,
     wall_mm: float = CHEST_WALL_MM,
+    midline: float | None = None,
 ) -> tuple[int, str]:
     """In place, on canonical ``(S, P, L)`` arrays: drop predictions outside the lungs.
 
@@ -87,8 +88,11 @@ def restrict_to_lungs_checked(
     convex hull of bone) within ``wall_mm`` of the aerated lung: dense
     consolidation and effusion-adjacent lesions along the chest wall are not
     air, yet they are lung. Nothing is removed when that would cost more
-    than half of the model's confident voxels (p >= 0.8): then the lung
-    mask, not the model, is what is wrong.
+    than half of the model's confident voxels (p >= 0.8) in the thorax the
+    mask implies (per slice with lungs: the convex hull of the lungs and their
+    mirror image about ``midline``, plus ``wall_mm``): then the lung mask, not
+    the model, is what is wrong (a lung it missed). Confident predictions far
+    from any lung (fat, table, bowel below the lungs) never stop the cut.
 
     Args:
         mask: uint8 lesion mask, modified in place.
@@ -97,39 +101,53 @@ def restrict_to_lungs_checked(
         spacing: ``(S, P, L)`` voxel size in mm.
         image: the intensities, same shape (for the rib cage), or None.
         bone_threshold: bone in the image's units (150 HU by default).
+        midline: the body's midline as a (fractional) column index of axis 2;
+            None: the middle of the lungs' right-left extent.
     Returns:
         ``(voxels removed, reason)``: the reason is empty when the restriction
         was applied, else says why it was skipped.
     """
-    from .lungs import lung_envelope
-
     if mask.shape != lungs.shape:
         raise ValueError(f"mask {mask.shape} and lungs {lungs.shape} differ in shape")
     outside = (mask > 0) & (lungs == 0)
     rows = np.flatnonzero(outside.reshape(len(outside), -1).any(axis=1))
     if len(rows) == 0:
         return 0, ""
-    size = tuple(2 * int(margin_mm / max(s, 1e-6) + 1e-6) + 1 for s in spacing[1:])
-    near = tuple(2 * int(wall_mm / max(s, 1e-6) + 1e-6) + 1 for s in spacing[1:])
+    h, w = lungs.shape[1:]
+    # Hulls and distances on a grid at most ~128 px a side: millimetre-exact
+    # borders do not matter here, and a 300-slice volume stays fast.
+    g = max(1, -(-max(h, w) // 128))
+    sp = tuple(float(s) * g for s in spacing[1:])
+    size = tuple(2 * int(margin_mm / max(float(s), 1e-6) + 1e-6) + 1 for s in spacing[1:])
+    near = tuple(2 * int(wall_mm / max(s, 1e-6) + 1e-6) + 1 for s in sp)
     cut = CONFIDENT * 255.0 if probability.dtype == np.uint8 else CONFIDENT
-    envelope = lung_envelope(lungs, rows)
+    cols = np.flatnonzero(lungs.any(axis=(0, 1)))
+    mid = None
+    if len(cols):
+        mid = ((cols[0] + cols[-1] + 1) / 2.0 if midline is None else float(midline)) / g
     drops: dict[int, np.ndarray] = {}
-    lost = 0
+    lost = base = 0
     for i in rows:
-        inside = (lungs[i] > 0) | envelope[i]
-        if image is not None and lungs[i].any():
-            inside |= _rib_cage(image[i] >= bone_threshold) & ndimage.maximum_filter(
-                lungs[i] > 0, size=near
-            )
+        lo = lungs[i, ::g, ::g]
+        inside, thorax = _slice_regions(
+            lo,
+            None if image is None else image[i, ::g, ::g] >= bone_threshold,
+            mid,
+            near,
+        )
+        inside, thorax = _up(inside, g, h, w), _up(thorax, g, h, w)
         if margin_mm > 0:
             inside = ndimage.maximum_filter(inside, size=size)
+        confident = (probability[i] >= cut) & (mask[i] > 0)
+        base += int(np.count_nonzero(confident & (thorax | (lungs[i] > 0))))
         drop = outside[i] & ~inside
         if drop.any():
             drops[int(i)] = drop
-            lost += int(np.count_nonzero(drop & (probability[i] >= cut)))
-    confident = int(np.count_nonzero(probability[mask > 0] >= cut))
-    if confident and lost > MAX_CONFIDENT_LOSS * confident:
-        share = 100.0 * lost / confident
+            lost += int(np.count_nonzero(drop & thorax & confident))
+    others = np.setdiff1d(np.arange(len(mask)), rows)
+    base += int(np.count_nonzero((probability[others] >= cut) & (mask[others] > 0)))
+    if base and lost > MAX_CONFIDENT_LOSS * base:
+        share = 100.0 * lost / base
         return 0, (
             f"it would remove {share:.0f} % of the model's confident lesion voxels; "
             "the lung mask probably misses part of the lungs"
@@ -141,16 +159,40 @@ def restrict_to_lungs_checked(
     return removed, ""
 
 
-def _rib_cage(bone: np.ndarray) -> np.ndarray:
-    """Convex hull of a slice's bone pixels (ribs, spine, sternum): the thoracic cage."""
-    from skimage.morphology import convex_hull_image
+def _slice_regions(
+    lungs: np.ndarray, bone: np.ndarray | None, midline: float | None, near: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
 
-    if np.count_nonzero(bone) < 3:
-        return np.zeros_like(bone)
-    try:
-        return convex_hull_image(bone)
-    except Exception:  # degenerate (collinear) bone
-        return bone
+    inside: the convex hull of each lung, plus what the rib cage holds within
+    ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
+    image about ``midline``, dilated by ``near`` (where a missed lung would be).
+    """
+    from .lungs import LEFT_LUNG, RIGHT_LUNG, convex_hull
+
+    labels, lungs = lungs, lungs > 0
+    if not lungs.any():
+        return np.zeros_like(lungs), np.zeros_like(lungs)
+    inside = lungs.copy()
+    for label in (RIGHT_LUNG, LEFT_LUNG):  # one hull per lung, not over the mediastinum
+        inside |= convex_hull(labels == label)
+    near_lung = ndimage.maximum_filter(lungs, size=near)
+    if bone is not None:
+        inside |= convex_hull(bone) & near_lung
+    both = lungs.copy()
+    if midline is not None:
+        width = lungs.shape[1]
+        src = np.rint(2.0 * midline - 1.0 - np.arange(width)).astype(int)
+        ok = (src >= 0) & (src < width)
+        both[:, ok] |= lungs[:, src[ok]]
+    thorax = ndimage.maximum_filter(convex_hull(both) | both, size=near)
+    return inside, thorax
+
+
+def _up(lo: np.ndarray, g: int, h: int, w: int) -> np.ndarray:
+    if g == 1:
+        return lo
+    return np.repeat(np.repeat(lo, g, axis=0), g, axis=1)[:h, :w]
 
 
 def complete_lungs(lungs: np.ndarray, mask: np.ndarray, *, axial_axis: int = 0) -> np.ndarray:
