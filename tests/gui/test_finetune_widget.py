@@ -164,6 +164,11 @@ def test_cancel_stops_cleanly_and_keeps_best_version(
     assert 1 <= done["epochs_run"] < 300 and ft.plot.n_points() == done["epochs_run"]
     info = store.info(done["name"])
     assert info.parent == "tiny-phantom"
+    # cancelled: no comparison on held-out slices, so no automatic switch; one click uses it
+    assert done["comparison"] is None
+    assert seg.selected_model() != str(info.path)
+    assert ft.rollback_button.text() == f"Use {done['name']}"
+    ft.rollback_button.click()
     assert seg.selected_model() == str(info.path)
     assert not [n for n in notes if n[0] == "error"]
 

@@ -10,22 +10,21 @@ validation Dice per epoch, time left) as they arrive. Cancel sends SIGTERM
 best version so far is kept.
 
 When the run finishes the worker has registered the new version in the model
-store; the widget shows old vs new validation Dice on the same slices and
-selects the new version in the Segment widget docked in the same viewer (by
-default only when it does not score worse than the base there; otherwise it
-says so and offers "Use <new>" instead), with a one-click Roll back to the
-previously selected model. Any failure (empty dataset,
-mismatched image/mask, out of memory, the process dying) ends in one napari
-notification and leaves the Segment widget's selection untouched.
+store; the widget shows old vs new Dice on held-out corrected slices that
+neither version trained or was selected on, and selects the new version in the
+Segment widget docked in the same viewer only when that comparison exists and
+(by default) the new version does not lose it; otherwise it says so and offers
+"Use <new>" instead, with a one-click Roll back to the previously selected
+model. Any failure (empty dataset, mismatched image/mask, out of memory, the
+process dying) ends in one napari notification and leaves the Segment widget's
+selection untouched. Everything that is not Qt (run state, event texts, the
+switch decision, dataset counts) is in :mod:`napari_covid_seg.training.finetune_run`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QProcess, QProcessEnvironment, Qt, QTimer
@@ -48,54 +47,43 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..training.finetune_run import (
+    DEFAULT_EPOCHS,
+    DEVICES,
+    LEARNING_RATES,
+    MIN_SAMPLES_PER_EPOCH,
+    DatasetSummary,
+    RunState,
+    decide_switch,
+    display_name,
+    event_status,
+    format_seconds,
+    parse_lr,
+    replay_suggestion,
+    same_path,
+    summarize_dataset,
+    worker_arguments,
+)
 from ._notify import notify_error, notify_info, notify_warning
 from ._plot import TrainingPlot
 
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEVICES",
+    "LEARNING_RATES",
+    "MIN_SAMPLES_PER_EPOCH",
+    "DatasetSummary",
+    "FineTuneWidget",
+    "RunState",
+    "find_segment_widget",
+    "format_seconds",
+    "replay_suggestion",
+    "summarize_dataset",
+]
+
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1  # a model version's folder in the base list
-#: Devices offered (the worker says clearly when one is not available).
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-DEFAULT_EPOCHS = 15
-#: Learning rates offered, the default first (3e-5 did the least damage on a few
-#: slices in docs/loop_experiment.md; the base models trained at a 1e-3 peak).
-LEARNING_RATES: tuple[str, ...] = ("3e-5", "1e-4", "1e-5", "3e-4")
-#: A few corrected slices are resampled (augmented) to this many samples per epoch.
-MIN_SAMPLES_PER_EPOCH = 16
 #: Seconds to wait for a clean stop after Cancel before the process is killed.
 CANCEL_GRACE_S = 120
-_STDERR_KEEP = 20_000
-
-
-# -- pure helpers (no Qt) --------------------------------------------------------------------------
-
-
-@dataclass
-class DatasetSummary:
-    """What a dataset folder holds (see :func:`~napari_covid_seg.training.worker.count_slices`)."""
-
-    path: str
-    layout: str = ""  # "nnunet_v2", "slices2d" or "" when not a dataset
-    n_cases: int = 0
-    n_slices: int = 0  # slices training will use (reviewed ones where listed)
-    n_reviewed_cases: int = 0  # cases with an explicit reviewed-slice list
-    problem: str = ""
-
-    def text(self) -> str:
-        name = Path(self.path).name or self.path
-        if self.problem:
-            return f"{name}: {self.problem}"
-        if self.layout == "slices2d":
-            return f"{name}: {self.n_slices} 2D slices"
-        reviewed = (
-            f", {self.n_reviewed_cases} with reviewed-slice lists" if self.n_reviewed_cases else ""
-        )
-        return f"{name}: {self.n_cases} case(s), {self.n_slices} slices to train on{reviewed}"
-
-
-def summarize_dataset(folder: str | os.PathLike) -> DatasetSummary:
-    """Cases and slices fine-tuning will use, from JSON and NIfTI headers only."""
-    from ..training.worker import count_slices
-
-    return DatasetSummary(path=str(folder), **count_slices(folder))
 
 
 def find_segment_widget(viewer: Any) -> Any | None:
@@ -111,66 +99,6 @@ def find_segment_widget(viewer: Any) -> Any | None:
             ):
                 return cand
     return None
-
-
-def replay_suggestion(
-    model_path: str | os.PathLike, _depth: int = 0
-) -> tuple[str, int | None] | None:
-    """The original training data of a model version (folder, ``rotate_k``) if on disk.
-
-    A trained version: the first folder it was trained on. A fine-tuned
-    version: the replay folder its fine-tune used, else its parent's
-    suggestion (``provenance.parent_path``), not the corrected exports.
-    """
-    from ..models.metadata import read_model_json
-
-    try:
-        meta = read_model_json(Path(model_path))
-    except Exception:
-        return None
-    prov = meta.get("provenance") or {}
-    sources = [s for s in prov.get("data") or [] if isinstance(s, dict) and s.get("path")]
-    finetune = prov.get("finetune")
-    if isinstance(finetune, dict):
-        candidates = [str(p) for p in finetune.get("replay_dirs") or []]
-    else:
-        candidates = [str(s["path"]) for s in sources]
-    for path in candidates:
-        if Path(path).is_dir():
-            k = next((s.get("rotate_k") for s in sources if _same_path(path, s["path"])), None)
-            return path, None if k is None else int(k)
-    parent = prov.get("parent_path")
-    if isinstance(finetune, dict) and parent and _depth < 8:
-        return replay_suggestion(parent, _depth + 1)
-    return None
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``"~45 s"``, ``"~3 min"``, ``"~1 h 05 min"``."""
-    if seconds is None:
-        return ""
-    s = max(0.0, float(seconds))
-    if s < 90:
-        return f"~{s:.0f} s"
-    if s < 3600:
-        return f"~{s / 60:.0f} min"
-    return f"~{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
-
-
-@dataclass
-class RunState:
-    """One worker run: what was asked, what came back."""
-
-    base: str
-    events: list[dict[str, Any]] = field(default_factory=list)
-    done: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    cancelled: bool = False
-    stderr: str = ""
-    stdout_buffer: str = ""
-    finished: bool = False
-    exit_code: int | None = None
-    crashed: bool = False
 
 
 # -- the widget ------------------------------------------------------------------------------------
@@ -280,7 +208,7 @@ class FineTuneWidget(QWidget):
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("<base>-ft")
         form.addRow("New name", self.name_edit)
-        self.only_if_better = QCheckBox("Use it only if validation Dice improves")
+        self.only_if_better = QCheckBox("Use it only if held-out Dice does not drop")
         self.only_if_better.setChecked(True)
         self.only_if_better.setToolTip(
             "Select the new version in the Segment widget only if it beats the base model on "
@@ -360,7 +288,7 @@ class FineTuneWidget(QWidget):
         for row in range(self.base_combo.count()):
             name = self.base_combo.itemData(row)
             path = self.base_combo.itemData(row, PATH_ROLE)
-            if spec in (name, path) or _same_path(str(spec), path):
+            if spec in (name, path) or same_path(str(spec), path):
                 return row
         return -1
 
@@ -451,26 +379,18 @@ class FineTuneWidget(QWidget):
 
     def worker_arguments(self) -> list[str]:
         """The worker's command line (after ``python -m napari_covid_seg.training.worker``)."""
-        args = ["--base", self.selected_base() or "", "--stdin-control"]
-        for folder in self.datasets():
-            args += ["--data", folder]
-        args += ["--epochs", str(self.epochs_spin.value())]
-        args += ["--lr", self.lr_combo.currentText().strip()]
-        args += ["--min-samples-per-epoch", str(MIN_SAMPLES_PER_EPOCH)]
-        args += ["--device", self.device_combo.currentText()]
-        replay = self.replay_edit.text().strip()
-        if (
-            self.replay_check.isChecked()
-            and replay
-            and not any(_same_path(replay, d) for d in self.datasets())
-        ):
-            args += ["--replay", replay]
-            if self._replay_rotate_k is not None:
-                args += ["--replay-rotate-k", str(self._replay_rotate_k)]
-        name = self.name_edit.text().strip()
-        if name:
-            args += ["--name", name]
-        return args + list(self.extra_worker_args)
+        replay = self.replay_edit.text().strip() if self.replay_check.isChecked() else None
+        return worker_arguments(
+            self.selected_base() or "",
+            self.datasets(),
+            epochs=self.epochs_spin.value(),
+            lr=self.lr_combo.currentText(),
+            device=self.device_combo.currentText(),
+            replay=replay or None,
+            replay_rotate_k=self._replay_rotate_k,
+            name=self.name_edit.text().strip() or None,
+            extra=self.extra_worker_args,
+        )
 
     def start(self) -> None:
         """Start the worker process (no-op while one runs)."""
@@ -480,14 +400,10 @@ class FineTuneWidget(QWidget):
         if base is None or not self.datasets():
             self._notify_error("Choose a base model and at least one dataset folder first")
             return
-        try:
-            lr = float(self.lr_combo.currentText())
-        except ValueError:
-            lr = -1.0
-        if not 0 < lr < 1:
+        if parse_lr(self.lr_combo.currentText()) is None:
             self._notify_error(
                 f"Learning rate {self.lr_combo.currentText()!r} is not a number between 0 and 1 "
-                "(e.g. 3e-5)"
+                "(e.g. 1e-4)"
             )
             return
         if self._process is not None:  # the finished process of the previous run
@@ -548,69 +464,30 @@ class FineTuneWidget(QWidget):
         if self._process is None or self.run is None:
             return
         chunk = bytes(self._process.readAllStandardOutput().data()).decode("utf-8", "replace")
-        self.run.stdout_buffer += chunk
-        *lines, self.run.stdout_buffer = self.run.stdout_buffer.split("\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                self._handle_event(event)
+        for event in self.run.feed(chunk):
+            self._handle_event(event)
 
     def _read_stderr(self) -> None:
         if self._process is None or self.run is None:
             return
         chunk = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
-        self.run.stderr = (self.run.stderr + chunk)[-_STDERR_KEEP:]
+        self.run.add_stderr(chunk)
 
     def _handle_event(self, event: dict[str, Any]) -> None:
-        assert self.run is not None
-        self.run.events.append(event)
-        kind = event.get("event")
-        if kind == "loading":
-            self.status_label.setText(f"Loading {event.get('base')} and the data…")
-        elif kind == "start":
-            self.status_label.setText(
-                f"Training on {event.get('n_train')} slices, validating on "
-                f"{event.get('n_val')} ({event.get('device')})…"
-            )
-        elif kind == "batch":
-            epochs = max(1, int(event.get("epochs") or 1))
-            done = (int(event["epoch"]) - 1 + event["batch"] / max(1, event["batches"])) / epochs
-            self.progress.setValue(int(1000 * min(1.0, done)))
-            self.progress.setFormat(
-                f"epoch {event['epoch']}/{epochs} · batch {event['batch']}/{event['batches']}"
-            )
-        elif kind == "epoch":
+        view = event_status(event)
+        if view.status is not None:
+            self.status_label.setText(view.status)
+        if view.progress is not None:
+            self.progress.setValue(int(1000 * view.progress))
+        if view.progress_text is not None:
+            self.progress.setFormat(view.progress_text)
+        if view.epoch is not None:
+            e = view.epoch
             self.plot.add_epoch(
-                event["epoch"],
-                event.get("train_loss"),
-                event.get("val_loss"),
-                event.get("val_dice"),
+                e["epoch"], e.get("train_loss"), e.get("val_loss"), e.get("val_dice")
             )
-            epochs = max(1, int(event.get("epochs") or 1))
-            self.progress.setValue(int(1000 * event["epoch"] / epochs))
-            self.progress.setFormat(f"epoch {event['epoch']}/{epochs}")
-            dice = event.get("val_dice")
-            left = format_seconds(event.get("seconds_left"))
-            text = f"Epoch {event['epoch']}/{epochs} · loss {event.get('train_loss', 0):.4f}"
-            if dice is not None:
-                text += f" · val Dice {dice:.3f}"
-            if left and event["epoch"] < epochs:
-                text += f" · {left} left (or sooner: early stopping)"
-            self.status_label.setText(text)
-        elif kind == "comparing":
-            self.status_label.setText("Comparing the old and new model on the validation slices…")
-        elif kind == "done":
-            self.run.done = event
-            cmp = event.get("comparison") or {}
-            self.plot.set_baseline(cmp.get("old_dice"))
-        elif kind == "error":
-            self.run.error = event
+        if event.get("event") == "done":
+            self.plot.set_baseline((event.get("comparison") or {}).get("old_dice"))
 
     def _on_process_error(self, error: Any) -> None:
         if error == QProcess.ProcessError.FailedToStart and self.run is not None:
@@ -637,33 +514,17 @@ class FineTuneWidget(QWidget):
             return
         self.progress.setValue(0)
         self.progress.setFormat("")
-        if run.error is not None:
-            message = str(run.error.get("message") or "Fine-tuning failed")
-            if run.error.get("kind") == "CancelledError" and run.cancelled:
-                self.status_label.setText("Cancelled")
-                self.result_label.setText(
-                    "Cancelled before the first epoch finished; nothing was saved."
-                )
-                self._notify_info(f"{message}. The previous model is still selected.")
-                return
-            self._fail(message)
-            return
-        if run.cancelled:
+        kind, message = run.failure_message()
+        if kind == "cancelled":
             self.status_label.setText("Cancelled")
-            self.result_label.setText("Cancelled; nothing was saved.")
-            self._notify_info(
-                "Fine-tuning was cancelled; nothing was saved. The previous model "
-                "is still selected."
+            self.result_label.setText(
+                "Cancelled before the first epoch finished; nothing was saved."
+                if run.error is not None
+                else "Cancelled; nothing was saved."
             )
+            self._notify_info(message)
             return
-        tail = _last_line(run.stderr)
-        how = "crashed" if run.crashed else f"exited with code {run.exit_code}"
-        self._fail(
-            f"The fine-tuning process {how} without a result"
-            + (" (killed: possibly out of memory)" if run.crashed else "")
-            + (f": {tail}" if tail else "")
-            + ". Nothing was registered; the previous model is unchanged."
-        )
+        self._fail(message)
 
     def _reset_buttons(self) -> None:
         self.cancel_button.setEnabled(False)
@@ -679,29 +540,9 @@ class FineTuneWidget(QWidget):
         self.new_model = name
         self.progress.setValue(1000)
         self.progress.setFormat("done")
-        cmp = done.get("comparison") or {}
         metrics = done.get("metrics") or {}
-        if cmp.get("old_dice") is not None and cmp.get("new_dice") is not None:
-            old, new = float(cmp["old_dice"]), float(cmp["new_dice"])
-            compare = (
-                f"Validation Dice on {cmp.get('n_slices')} held-out slice(s): "
-                f"old {old:.3f} → new {new:.3f} ({new - old:+.3f})"
-            )
-        elif metrics.get("val_dice") is not None:
-            compare = f"Validation Dice of the new model: {float(metrics['val_dice']):.3f}"
-        else:
-            compare = "No validation slices: no Dice to compare"
-        stopped = done.get("stopped")
-        how = {
-            "cancelled": f"stopped after epoch {done.get('epochs_run')} (cancelled)",
-            "early_stopping": f"early stopping after epoch {done.get('epochs_run')}",
-        }.get(str(stopped), f"{done.get('epochs_run')} epochs")
-        improved = (
-            cmp.get("old_dice") is None
-            or cmp.get("new_dice") is None
-            or float(cmp["new_dice"]) >= float(cmp["old_dice"])
-        )
-        switch = improved or not self.only_if_better.isChecked()
+        decision = decide_switch(done, self.only_if_better.isChecked())
+        compare, how, switch = decision.compare_text, decision.how, decision.switch
         seg = find_segment_widget(self.viewer)
         previous = _call(seg, "selected_model") if seg is not None else None
         self.rollback_target = str(previous) if previous else done.get("base")
@@ -713,8 +554,10 @@ class FineTuneWidget(QWidget):
         else:
             seg.refresh_models()  # list it, keep the current choice
             where = (
-                f"not selected: it does not beat '{_display_name(self.rollback_target)}' on "
-                "the validation slices"
+                f"not selected: it does not beat '{display_name(self.rollback_target)}' on "
+                "the held-out slices"
+                if decision.compared
+                else "not selected: no held-out slices to compare on"
             )
         self._using_new = seg is not None and switch
         self.refresh_models(select=name if switch else None)
@@ -731,7 +574,7 @@ class FineTuneWidget(QWidget):
 
     def _update_rollback_button(self, enabled: bool = True) -> None:
         if self._using_new:
-            self.rollback_button.setText(f"Roll back to {_display_name(self.rollback_target)}")
+            self.rollback_button.setText(f"Roll back to {display_name(self.rollback_target)}")
             self.rollback_button.setToolTip("Select the previous model in the Segment widget")
         else:
             self.rollback_button.setText(f"Use {self.new_model}")
@@ -757,7 +600,7 @@ class FineTuneWidget(QWidget):
         self._using_new = False
         self._update_rollback_button()
         self.status_label.setText(
-            f"Rolled back: the Segment widget uses '{_display_name(target)}' again "
+            f"Rolled back: the Segment widget uses '{display_name(target)}' again "
             f"('{self.new_model}' stays in the model store)."
         )
 
@@ -786,25 +629,3 @@ def _call(obj: Any, method: str) -> Any:
         return getattr(obj, method)()
     except Exception:
         return None
-
-
-def _same_path(a: str, b: str | None) -> bool:
-    if not b:
-        return False
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, ValueError):
-        return False
-
-
-def _display_name(spec: str | None) -> str:
-    """A model's store name from a name or a version folder path."""
-    if spec is None:
-        return "?"
-    path = Path(str(spec))
-    return path.name if len(path.parts) > 1 else str(spec)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""

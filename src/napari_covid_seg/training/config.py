@@ -73,7 +73,8 @@ class TrainConfig:
             are downsampled to ``low_res_size`` (4x cheaper at half size);
             validation always runs at ``input_size``.
         select_metric: validation metric that picks the best epoch (higher is
-            better, or ``val_loss``: lower is better).
+            better, or ``val_loss``: lower is better; ``last``: the last epoch,
+            for fixed recipes whose validation slices are only watched).
     """
 
     name: str = "model"

@@ -94,6 +94,7 @@ class TrainResult:
     info: Any = None  # models.store.ModelInfo of the registered version
     result_json: Path | None = None
     seconds: float = 0.0
+    comparison: dict[str, Any] | None = None  # set by fine-tuning: base vs child, held out
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -624,6 +625,8 @@ class Trainer:
 
     def _score(self, record: dict[str, Any]) -> float:
         key = self.config.select_metric
+        if key == "last":  # a fixed recipe: keep the last epoch (validation only watched)
+            return float(record["epoch"])
         if not len(self.val_idx):
             return -record["train_loss"]
         if key == "val_loss":

@@ -20,10 +20,11 @@ Runs :func:`~.finetune.finetune` and writes one JSON object per line on stdout
      "metrics": {...}, "base_metrics": {...}, "comparison": {...}}
     {"event": "error", "kind", "message"}
 
-``metrics`` are the child's best-epoch validation metrics as recorded by the
-trainer; ``comparison`` holds the base and the child evaluated by the same code
-on the same validation slices the child was selected on (``old_dice`` ->
-``new_dice``; ``base_metrics`` is the base's side of it).
+``metrics`` are the child's last-epoch metrics on the held-out slices as
+recorded by the trainer; ``comparison`` holds the base and the child scored by
+the same code on those held-out slices, which neither version trained or was
+selected on (``old_dice`` -> ``new_dice``; ``base_metrics`` is the base's
+side); it is null when too few slices were corrected to hold any out.
 
 Exit codes: 0 done; 1 a user error (:class:`~napari_covid_seg.errors.CovidSegError`,
 a bad option, out of memory, or a cancel before the first epoch finished), with
@@ -51,6 +52,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from .finetune_run import count_slices, samples_per_epoch
+
+__all__ = ["count_slices", "main", "run", "samples_per_epoch"]
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -131,6 +136,8 @@ def translate_event(event: dict[str, Any]) -> dict[str, Any] | None:
             "device": event.get("device"),
             "bf16": event.get("bf16"),
         }
+    if kind == "comparing":
+        return {"event": "comparing", "n_slices": event.get("n_slices")}
     if kind == "batch":
         return {
             "event": "batch",
@@ -155,151 +162,6 @@ def translate_event(event: dict[str, Any]) -> dict[str, Any] | None:
             "lr": event.get("lr"),
         }
     return None
-
-
-# -- old vs new on the same validation slices ------------------------------------------------------
-
-
-def compare_on_validation(
-    base_path: str | os.PathLike,
-    child_path: str | os.PathLike,
-    data_dirs: Sequence[str | os.PathLike],
-    val_ids: Sequence[str],
-    *,
-    rotate_k: int = 0,
-    device: str = "cpu",
-    amp: str = "off",
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[str, Any] | None:
-    """Evaluate the base and the child on the child's validation slices (same code, same data).
-
-    ``val_ids`` are the slice ids of the validation split recorded by the
-    trainer (``result.json`` -> ``split.val_ids``); slices are loaded exactly as
-    fine-tuning loaded them (model input size, no replay prefix). Metrics are
-    pooled over the pixels at the model's input size with its threshold and
-    ``amp`` setting, as the trainer's validation computes them. Returns None when there are no
-    validation slices or a stop was requested.
-    """
-    from ..models.checkpoint import load_model_version
-    from .datasets import load_datasets
-    from .evaluate import evaluate_slices
-    from .trainer import resolve_device
-
-    if not val_ids or (should_stop is not None and should_stop()):
-        return None
-    dev = resolve_device(device)
-    base = load_model_version(base_path, device="cpu")
-    size = int(base.preprocessing.get("input_size", 256))
-    data = load_datasets(
-        list(data_dirs), input_size=size, rotate_k=rotate_k, roi=base.preprocessing.get("roi")
-    )
-    where = {s: i for i, s in enumerate(data.slice_ids)}
-    index = [where[s] for s in val_ids if s in where]
-    if len(index) != len(val_ids):
-        return None  # the data changed on disk since training: no fair comparison
-    val = data.subset(index)
-    out: dict[str, Any] = {"n_slices": len(index), "val_ids": list(val_ids)}
-    for role, path in (("base", base_path), ("child", child_path)):
-        if should_stop is not None and should_stop():
-            return None
-        mv = base if role == "base" else load_model_version(path, device="cpu")
-        thr = float(mv.preprocessing.get("threshold", 0.5))
-        m = evaluate_slices(mv.model, val, threshold=thr, device=dev, amp=amp, native=False)
-        out[role] = {k: m[k] for k in ("dice", "dice_mean", "iou", "precision", "sensitivity")}
-        del mv
-    out["old_dice"] = out["base"]["dice"]
-    out["new_dice"] = out["child"]["dice"]
-    return out
-
-
-# -- dataset size without loading it -----------------------------------------------------------
-
-
-def count_slices(folder: str | os.PathLike) -> dict[str, Any]:
-    """Cases and training slices of a dataset folder, from JSON and NIfTI headers only.
-
-    nnU-Net v2 raw (what "Export for training" writes): cases = label files;
-    slices = a case's ``reviewed_slices`` where ``reviewed.json`` lists them,
-    else every slice along its axial axis. 2D folders: one case per image.
-    Returns ``{"layout", "n_cases", "n_slices", "n_reviewed_cases", "problem"}``
-    (``problem`` is "" or says why the folder cannot be used).
-    """
-    from ..io.images2d import IMAGE_SUFFIXES
-
-    root = Path(folder)
-    out: dict[str, Any] = {
-        "layout": "",
-        "n_cases": 0,
-        "n_slices": 0,
-        "n_reviewed_cases": 0,
-        "problem": "",
-    }
-    if not root.is_dir():
-        out["problem"] = "folder does not exist"
-        return out
-    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
-        import nibabel as nib
-
-        out["layout"] = "nnunet_v2"
-        try:
-            reviewed = json.loads((root / "reviewed.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            reviewed = {}
-        reviewed = reviewed if isinstance(reviewed, dict) else {}
-        for lab in sorted((root / "labelsTr").iterdir()):
-            if not lab.name.endswith(".nii.gz"):
-                continue
-            case = lab.name[: -len(".nii.gz")]
-            out["n_cases"] += 1
-            entry = reviewed.get(case)
-            if isinstance(entry, dict) and entry.get("reviewed_slices") is not None:
-                out["n_reviewed_cases"] += 1
-                out["n_slices"] += len(set(entry["reviewed_slices"]))
-                continue
-            try:
-                shape = nib.load(str(lab)).shape  # (i, j, k): the header only
-            except Exception:
-                out["problem"] = f"cannot read {lab.name}"
-                return out
-            axis = int(entry.get("axial_axis", 0) or 0) if isinstance(entry, dict) else 0
-            zyx = tuple(reversed(shape[:3]))
-            out["n_slices"] += int(zyx[axis]) if len(zyx) == 3 else 1
-        if not out["n_cases"]:
-            out["problem"] = "no cases in labelsTr/"
-        return out
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        out["layout"] = "slices2d"
-        out["n_slices"] = out["n_cases"] = sum(
-            1 for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not out["n_slices"]:
-            out["problem"] = "no images in images/"
-        return out
-    out["problem"] = "not a dataset (expected imagesTr/ + labelsTr/ from 'Export for training')"
-    return out
-
-
-def samples_per_epoch(
-    data_dirs: Sequence[str | os.PathLike],
-    minimum: int,
-    *,
-    val_fraction: float,
-    replay_fraction: float,
-    has_replay: bool,
-) -> int | None:
-    """``minimum`` when the (estimated) training set is smaller, else None (one pass).
-
-    A handful of corrected slices would otherwise give one optimizer step per
-    epoch; resampling them (with augmentation) to ``minimum`` samples keeps an
-    epoch meaningful. The estimate uses :func:`count_slices` (no data loaded).
-    """
-    if minimum <= 0:
-        return None
-    n_new = sum(count_slices(d)["n_slices"] for d in data_dirs)
-    n_train = max(1, round((1.0 - val_fraction) * n_new))
-    if has_replay and 0 < replay_fraction < 1:
-        n_train += round(replay_fraction / (1.0 - replay_fraction) * n_train)
-    return int(minimum) if n_train < minimum else None
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -345,7 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="earlier training data to mix in (repeatable)",
     )
-    p.add_argument("--replay-fraction", type=float, default=0.3)
+    p.add_argument(
+        "--replay-fraction",
+        type=float,
+        default=None,
+        help="share of replay slices in the training set (default 0.3)",
+    )
+    p.add_argument(
+        "--train-bn",
+        dest="freeze_bn",
+        action="store_const",
+        const=False,
+        default=None,
+        help="update BatchNorm running statistics (default: frozen, the base's)",
+    )
+    p.add_argument(
+        "--train",
+        dest="train_part",
+        choices=("all", "decoder"),
+        default=None,
+        help="which weights adapt: all, or decoder (gates and head; encoder frozen)",
+    )
+    p.add_argument(
+        "--l2sp",
+        type=float,
+        default=None,
+        help="pull toward the base weights per step (w -= lr * L2SP * (w - w_base); 0: off)",
+    )
     p.add_argument(
         "--rotate-k",
         type=int,
@@ -375,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-compare",
         action="store_true",
-        help="skip evaluating the base on the child's validation slices",
+        help="skip scoring base and child on the held-out slices",
     )
     return p
 
@@ -460,7 +348,7 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
     from ..models.checkpoint import load_model_version
     from ..models.store import ModelStore
     from .config import TrainConfig, load_config
-    from .finetune import FINETUNE_DEFAULTS, finetune
+    from .finetune import FINETUNE_DEFAULTS, finetune, resolve_policy
 
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
@@ -473,11 +361,17 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
     name = args.name or f"{base_name}-ft"
     config = load_config(args.config) if args.config else TrainConfig(**FINETUNE_DEFAULTS)
     config = config.replace(batch_size=args.batch_size, amp=args.amp)
+    policy = resolve_policy(
+        freeze_bn=args.freeze_bn,
+        train=args.train_part,
+        l2sp=args.l2sp,
+        replay_fraction=args.replay_fraction,
+    )
     spe = samples_per_epoch(
         args.data,
         args.min_samples_per_epoch,
         val_fraction=config.val_fraction,
-        replay_fraction=args.replay_fraction,
+        replay_fraction=policy["replay_fraction"],
         has_replay=bool(args.replay),
     )
     if spe is not None and config.samples_per_epoch is None:
@@ -514,7 +408,11 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
         epochs=args.epochs,
         lr=args.lr,
         replay_dirs=args.replay,
-        replay_fraction=args.replay_fraction,
+        replay_fraction=policy["replay_fraction"],
+        freeze_bn=policy["freeze_bn"],
+        train=policy["train"],
+        l2sp=policy["l2sp"],
+        compare=not args.no_compare,
         config=config,
         name=name,
         out_dir=out_dir,
@@ -531,20 +429,7 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
     )
     info = result.info
     split = _read_split(result)
-    comparison = None
-    if not args.no_compare and info is not None:
-        emit({"event": "comparing", "n_slices": len(split.get("val_ids", []))})
-        rotate_k = args.rotate_k if args.rotate_k is not None else config.rotate_k
-        comparison = compare_on_validation(
-            base_path,
-            info.path,
-            args.data,
-            split.get("val_ids", []),
-            rotate_k=rotate_k,
-            device=args.device,
-            amp=config.amp,
-            should_stop=stop,
-        )
+    comparison = result.comparison
     if not args.keep_checkpoints:
         for sub in ("best", "last", ".last.old"):
             shutil.rmtree(Path(result.out_dir) / sub, ignore_errors=True)
