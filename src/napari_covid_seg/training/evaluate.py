@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import DatasetError
 from .datasets import SliceDataset
-from .metrics import MetricAccumulator, segmentation_metrics
+from .metrics import MetricAccumulator, confusion_per_slice, segmentation_metrics
 from .trainer import resolve_device, use_bf16
 
 
@@ -147,7 +147,8 @@ def evaluate_cases(
     and segmented by :func:`inference.segment` exactly as the ``segment``
     command does (defaults unless ``segment_options`` says otherwise).
     ``truth`` has the Volume's ``(z, y, x)`` shape. Returns pooled and
-    per-slice metrics (axial slices), per-case Dice and lung-mask reports.
+    per-slice metrics (axial slices), per-case Dice, confusion counts
+    (``case_counts``) and lung-mask reports.
     """
     from pathlib import Path
 
@@ -158,6 +159,7 @@ def evaluate_cases(
     work.mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator()
     per_case = []
+    counts: dict[str, list[int]] = {}
     for name, vol, truth in cases:
         path = work / f"{name}.nii.gz"
         write_volume(path, vol.data, vol)
@@ -167,6 +169,7 @@ def evaluate_cases(
         pred = np.moveaxis(result.mask, axis, 0)
         ref = np.moveaxis(np.asarray(truth), axis, 0)
         acc.update(pred, ref > 0)
+        counts[name] = confusion_per_slice(pred, ref > 0).sum(axis=0).tolist()
         case = segmentation_metrics(pred, ref > 0)
         report = result.lung_report or {}
         per_case.append(
@@ -180,6 +183,7 @@ def evaluate_cases(
         path.unlink(missing_ok=True)
     out = acc.compute()
     out["cases"] = per_case
+    out["case_counts"] = counts  # [TP, FP, FN, TN] per case, to pool any subset later
     out["restriction_skipped"] = sum(c["lungs"] == "skipped" for c in per_case)
     return out
 
