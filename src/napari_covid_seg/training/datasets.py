@@ -321,9 +321,16 @@ def _lesion_labels_from_json(meta: dict[str, Any]) -> tuple[int, ...] | None:
         return None
     values = []
     for name, value in labels.items():
-        if name.lower() != "background" and isinstance(value, int):
+        if name.lower() not in ("background", "ignore") and isinstance(value, int):
             values.append(value)
     return tuple(values) if len(values) > 1 else None
+
+
+def _ignore_label(meta: dict[str, Any]) -> int | None:
+    """nnU-Net v2's ignore label (``labels["ignore"]`` in dataset.json), else None."""
+    labels = meta.get("labels")
+    value = labels.get("ignore") if isinstance(labels, dict) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def load_nnunet_dataset(
@@ -339,6 +346,9 @@ def load_nnunet_dataset(
 
     Where ``reviewed.json`` lists ``reviewed_slices`` for a case (indices along
     the source axial axis), only those slices are used; otherwise all slices.
+    nnU-Net's ignore label (``"ignore"`` in dataset.json, what the export writes
+    on unreviewed slices) is honoured the same way: a slice holding any ignore
+    voxel is not trained on (the loss has no per-voxel mask).
     Raises DatasetError for missing images, geometry mismatches, non-binary
     masks or no slices at all.
     """
@@ -353,6 +363,7 @@ def load_nnunet_dataset(
     ending = str(meta.get("file_ending", ".nii.gz"))
     if lesion_labels is None:
         lesion_labels = _lesion_labels_from_json(meta)
+    ignore = _ignore_label(meta)
     label_files = sorted(p for p in lab_dir.iterdir() if p.name.endswith(ending))
     if not label_files:
         raise DatasetError(f"{lab_dir} holds no *{ending} label files")
@@ -381,7 +392,15 @@ def load_nnunet_dataset(
             )
         r = image.reorientation
         c_img = to_canonical(image.data, r)
-        c_lab = to_canonical(binarize_mask(label.data, lesion_labels, str(lab_path)), r)
+        raw = np.asarray(label.data)
+        ignored_c: set[int] = set()
+        if ignore is not None:
+            is_ign = raw == ignore
+            if is_ign.any():
+                ign_c = to_canonical(is_ign, r)
+                ignored_c = set(np.flatnonzero(ign_c.reshape(ign_c.shape[0], -1).any(axis=1)))
+                raw = np.where(is_ign, 0, raw)
+        c_lab = to_canonical(binarize_mask(raw, lesion_labels, str(lab_path)), r)
         n = c_img.shape[0]
         entry = reviewed.get(case)
         if isinstance(entry, dict) and entry.get("reviewed_slices") is not None:
@@ -401,6 +420,7 @@ def load_nnunet_dataset(
         else:
             picks = [(r.axial_index_to_canonical(c, n), c) for c in range(n)]
             picks.sort()
+        picks = [(z, c) for z, c in picks if c not in ignored_c]
         if not picks:
             continue
         canon = [c for _, c in picks]
