@@ -203,3 +203,25 @@ def test_interrupt_leaves_nothing_half_written(cases, model_dir, tmp_path, monke
     code = run_cli(cases / "a.nii.gz", "-o", out, "--model", model_dir, "--batch-size", "2")
     assert code == 130
     assert list(out.iterdir()) == []
+
+
+def test_a_skipped_lung_restriction_is_said_on_the_summary_line(tmp_path, capsys):
+    """A lung mask that finds no lungs: the CLI line says the restriction was skipped, and why."""
+
+    # A soft-tissue block without any air: no lungs to find.
+    img, _ = make_phantom(shape=(6, 48, 48), seed=1)
+    block = img.with_data(np.full(img.data.shape, 40, np.int16))
+    write_volume(tmp_path / "block.nii.gz", block.data, like=block)
+    model = build_model(
+        "attention_unet", encoder_channels=(4, 8, 8, 8, 8), decoder_channels=(8, 8, 8, 8, 8)
+    )
+    with torch.no_grad():
+        model.head.bias.fill_(8.0)  # lesion everywhere
+        model.head.weight.zero_()
+    folder = save_model_version(tmp_path / "m", model, preprocessing=PP, name="everywhere")
+    code = run_cli(tmp_path / "block.nii.gz", "-o", tmp_path / "out", "--model", folder)
+    out = capsys.readouterr()
+    assert code == 0
+    assert "lung restriction skipped" in out.out and "no lungs found" in out.out
+    mask = read_volume(tmp_path / "out" / "block_lesions.nii.gz", as_mask=True).data
+    assert mask.all()  # nothing was deleted
