@@ -1,4 +1,4 @@
-"""``napari-covid-seg train | finetune | evaluate | compare``: the bundled trainer.
+"""``napari-covid-seg train | finetune | learn | evaluate | compare``: the bundled trainer.
 
 Each subcommand imports torch only when it runs. User errors (bad dataset,
 missing model, bad config) print one message on stderr and return 1.
@@ -17,7 +17,7 @@ from ..errors import CovidSegError
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``finetune``, ``evaluate`` and ``compare`` to ``argparse`` subparsers."""
+    """Add ``train``, ``finetune``, ``learn``, ``evaluate`` and ``compare`` to subparsers."""
     p = subparsers.add_parser(
         "train",
         help="train a model version from a YAML config",
@@ -91,7 +91,35 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--replay-rotate-k", type=int, default=None)
     p.add_argument("--patience", type=int, default=None)
+    _policy_arguments(p)
     p.set_defaults(func=run_finetune)
+
+    p = subparsers.add_parser(
+        "learn",
+        help="learn from corrected slices within one volume and re-segment the rest",
+        description="Fine-tune a copy of the model on the reviewed/corrected slices of one CT "
+        "(plus replay where given), segment the same CT again and write new labels: the "
+        "listed slices keep their labels, every other slice takes the new prediction. "
+        "Nothing is registered; the image is never written.",
+    )
+    p.add_argument("image", help="the CT (NIfTI or DICOM folder)")
+    p.add_argument("labels", help="the current (corrected) lesion labels, NIfTI, same grid")
+    p.add_argument(
+        "--slices",
+        required=True,
+        help="reviewed/corrected axial slice indices (source order), e.g. 10,14,20-22",
+    )
+    p.add_argument("--out", required=True, help="output labels NIfTI (never the input)")
+    p.add_argument("--model", default="default", help="model name or folder (default: default)")
+    p.add_argument("--epochs", type=int, default=None, help="default 8")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-4")
+    p.add_argument("--replay", action="append", default=[], metavar="DIR")
+    p.add_argument("--replay-rotate-k", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    _policy_arguments(p)
+    p.set_defaults(func=run_learn)
 
     p = subparsers.add_parser(
         "evaluate",
@@ -148,6 +176,50 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=run_compare)
+
+
+def _policy_arguments(p: Any) -> None:
+    """Fine-tuning policy flags (defaults: training.finetune.POLICY_DEFAULTS)."""
+    p.add_argument(
+        "--train-bn",
+        dest="freeze_bn",
+        action="store_const",
+        const=False,
+        default=None,
+        help="update BatchNorm running statistics (default: frozen, the base's)",
+    )
+    p.add_argument(
+        "--train",
+        dest="train_part",
+        choices=("all", "decoder"),
+        default=None,
+        help="which weights adapt: all, or decoder (gates and head; encoder frozen)",
+    )
+    p.add_argument(
+        "--l2sp",
+        type=float,
+        default=None,
+        help="pull toward the base weights per step (w -= lr * L2SP * (w - w_base); 0: off)",
+    )
+
+
+def parse_slices(text: str) -> list[int]:
+    """``"3,5,8-10"`` -> ``[3, 5, 8, 9, 10]`` (ValueError for anything else)."""
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+            lo, hi = int(a), int(b)
+            if hi < lo:
+                raise ValueError(f"bad slice range {part!r}")
+            out.update(range(lo, hi + 1))
+        else:
+            out.add(int(part))
+    if not out:
+        raise ValueError("no slices given (e.g. --slices 10,14,20-22)")
+    return sorted(out)
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -263,6 +335,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             rotate_k=args.rotate_k,
             replay_rotate_k=args.replay_rotate_k,
             patience=args.patience,
+            freeze_bn=args.freeze_bn,
+            train=args.train_part,
+            l2sp=args.l2sp,
             progress=_Bar("finetune"),
             handle_signals=True,
             return_result=True,
@@ -272,6 +347,62 @@ def run_finetune(args: argparse.Namespace) -> int:
     _print_result(result)
     if result.info is not None:
         print(f"registered {result.info.name} (parent {result.info.parent})")
+    return 0
+
+
+def run_learn(args: argparse.Namespace) -> int:
+    """``learn``: within-volume learning from the command line."""
+    from pathlib import Path
+
+    try:
+        slices = parse_slices(args.slices)
+    except ValueError as err:
+        return _error(err)
+    if Path(args.out).resolve() in (Path(args.image).resolve(), Path(args.labels).resolve()):
+        return _error(ValueError("--out must be a new file, not the image or the labels"))
+    try:
+        import torch
+
+        from ..io import read_volume, write_mask
+        from ..training.learn_in_volume import learn_in_volume
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        image = read_volume(args.image, as_mask=False)
+        labels = read_volume(args.labels, as_mask=True)
+        if labels.data.shape != image.data.shape:
+            raise ValueError(
+                f"the labels' shape {labels.data.shape} differs from the image's {image.data.shape}"
+            )
+        bar = _Bar("learn")
+        result = learn_in_volume(
+            image,
+            labels.data,
+            slices,
+            args.model,
+            epochs=args.epochs,
+            lr=args.lr,
+            replay_dirs=args.replay,
+            replay_rotate_k=args.replay_rotate_k,
+            device=args.device,
+            seed=args.seed,
+            freeze_bn=args.freeze_bn,
+            train=args.train_part,
+            l2sp=args.l2sp,
+            progress=lambda e: bar(e) if e.get("event") != "segment" else None,
+        )
+        write_mask(args.out, result.labels, image)
+    except (CovidSegError, ValueError) as err:
+        return _error(err)
+    t = result.timings
+    print(
+        f"learned from {len(slices)} slice(s) (+{result.n_replay} replay), {result.epochs} "
+        f"epochs in {t.get('train', 0):.1f} s; re-segmented in {t.get('segment', 0):.1f} s; "
+        f"{len(result.changed_slices)} slice(s) changed, {len(result.protected_slices)} kept\n"
+        f"wrote {args.out}"
+    )
+    for message in result.messages:
+        print(f"note: {message}", file=sys.stderr)
     return 0
 
 
