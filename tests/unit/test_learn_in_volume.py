@@ -104,3 +104,14 @@ def test_learn_command_writes_new_labels_and_keeps_the_listed_slices(tiny_versio
     axis = image.reorientation.axial_axis
     for z in (1, 5):
         assert np.array_equal(np.take(new.data, z, axis), np.take(truth.data, z, axis))
+
+
+def test_slices_to_learn_are_reviewed_or_edited():
+    from napari_covid_seg.training.learn_in_volume import slices_to_learn
+
+    pred = np.zeros((4, 5, 6), np.uint8)
+    labels = pred.copy()
+    labels[1, 2, 3] = 1  # edited on axis-0 slice 1 (axis-2 slice 3)
+    assert slices_to_learn(labels, pred, [3], 0) == [1, 3]
+    assert slices_to_learn(labels, pred, None, 2) == [3]
+    assert slices_to_learn(labels, None, [0], 0) == [0]

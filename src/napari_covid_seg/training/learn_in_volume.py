@@ -47,6 +47,23 @@ class LearnResult:
     messages: list[str] = field(default_factory=list)
 
 
+def slices_to_learn(
+    labels: np.ndarray,
+    prediction: np.ndarray | None,
+    reviewed: Sequence[int] | None,
+    axial_axis: int,
+) -> list[int]:
+    """Axial slices the user vouched for: reviewed ones, and those edited away from
+    the model's ``prediction`` (source indices, sorted)."""
+    out = {int(z) for z in reviewed or ()}
+    if prediction is not None and np.shape(prediction) == np.shape(labels):
+        a = np.moveaxis(np.asarray(labels) != 0, axial_axis, 0)
+        b = np.moveaxis(np.asarray(prediction) != 0, axial_axis, 0)
+        diff = (a != b).reshape(a.shape[0], -1).any(axis=1)
+        out |= {int(z) for z in np.flatnonzero(diff)}
+    return sorted(out)
+
+
 def volume_slices(
     volume: Volume,
     labels: np.ndarray,
