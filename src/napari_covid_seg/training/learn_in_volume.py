@@ -122,7 +122,7 @@ def iter_learn(
     protected_slices: Sequence[int] | None = None,
     epochs: int | None = None,
     lr: float | None = None,
-    replay_dirs: Sequence[str | os.PathLike] = (),
+    replay_dirs: Sequence[str | os.PathLike] | str = "auto",
     replay_rotate_k: int | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -140,7 +140,8 @@ def iter_learn(
         model: a model name, version folder or ModelVersion (copied, never changed).
         protected_slices: slices whose labels are kept (default ``train_slices``).
         epochs, lr: override :data:`LEARN_DEFAULTS`.
-        replay_dirs / replay_rotate_k: earlier training data to mix in.
+        replay_dirs / replay_rotate_k: earlier training data to mix in; ``"auto"``:
+            the model's own training data where it is on this computer (else none).
         policy: ``freeze_bn``, ``train``, ``l2sp``, ``replay_fraction`` (see
             :data:`.finetune.POLICY_DEFAULTS`).
     Yields:
@@ -182,6 +183,11 @@ def iter_learn(
     size = int(mv.preprocessing.get("input_size", 256))
     roi = mv.preprocessing.get("roi")
     data = volume_slices(volume, labels, train_slices, input_size=size, roi=roi)
+    if replay_dirs == "auto":
+        from .finetune_run import replay_suggestion
+
+        found = replay_suggestion(mv.path) if mv.path is not None else None
+        replay_dirs, replay_rotate_k = ([found[0]], found[1]) if found else ([], None)
     replay = None
     if replay_dirs:
         replay = load_datasets(
