@@ -62,6 +62,8 @@ def test_learn_applies_one_undo_step_and_keeps_protected_slices(
     for z in (2, 5):
         assert np.array_equal(np.take(after, z, axis), np.take(before, z, axis))
     assert "Ctrl+Z" in panel.status.text()
+    # the re-segmented slices are the new baseline: still 2 slices to learn from
+    assert panel.train_slices() == [2, 5]
     # one undo step restores the mask as it was
     if not np.array_equal(after, before):
         assert session.undo()

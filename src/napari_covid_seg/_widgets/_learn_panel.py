@@ -53,6 +53,9 @@ class LearnPanel(QWidget):
         self.result: Any = None
         self._stop = False
         self._snapshot: np.ndarray | None = None
+        # After a run its output is the new "prediction" and its inputs stay vouched for.
+        self._baseline: np.ndarray | None = None
+        self._learned: set[int] = set()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.epochs = QSpinBox()
@@ -86,6 +89,7 @@ class LearnPanel(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addStretch(1)
         self.refresh()
 
     # -- binding ---------------------------------------------------------------------------------
@@ -101,6 +105,7 @@ class LearnPanel(QWidget):
     ) -> None:
         """The edit session of the lesion mask, the CT layer and where to read the rest."""
         self.session, self.image, self.axial_axis = session, image, int(axial_axis)
+        self._baseline, self._learned = None, set()
         self.reviewed = reviewed or list
         self.prediction = prediction or (lambda: None)
         self.model = model or (lambda: "default")
@@ -112,9 +117,11 @@ class LearnPanel(QWidget):
 
         if self.session is None:
             return []
-        return slices_to_learn(
-            self.session.data, self.prediction(), self.reviewed(), self.axial_axis
-        )
+        baseline = self._baseline
+        if baseline is None or baseline.shape != self.session.data.shape:
+            baseline = self.prediction()
+        reviewed = sorted(set(self.reviewed()) | self._learned)
+        return slices_to_learn(self.session.data, baseline, reviewed, self.axial_axis)
 
     def refresh(self) -> None:
         """Update the summary line and the button."""
@@ -204,6 +211,8 @@ class LearnPanel(QWidget):
         new[edited] = current[edited]
         new = np.moveaxis(new, 0, self.axial_axis).astype(self.session.data.dtype)
         changed = self.session.apply(lambda _: new)
+        self._baseline = np.array(new, copy=True)
+        self._learned |= set(result.protected_slices) | set(np.flatnonzero(edited).tolist())
         self.result = result
         self.progress.setValue(1000)
         self.progress.setFormat("done")
