@@ -12,7 +12,10 @@ and a shadow copy of the mask (the last state it recorded):
 * changes made behind its back (scripts, napari's own undo) are recorded as one
   step before the next edit, so undo always restores real states;
 * every recorded change schedules an autosave (at most one per ``interval_s``);
-  :meth:`flush` saves a pending change now (on close).
+  :meth:`flush` saves a pending change now (on close);
+* every change, undo and redo included, is reported as ``on_record(flat,
+  before, after)`` (what the live numbers are updated from), and the voxels of
+  brush strokes are kept (:meth:`take_painted`) for "Fill between slices".
 
 Ctrl+Z / Ctrl+Shift+Z (and Ctrl+Y) on the layer call :meth:`undo` / :meth:`redo`.
 """
@@ -30,6 +33,7 @@ from ..correction import AutosaveStore, EditHistory, Throttle
 from ..correction.paint import restrict_edit_to_hu_range_inplace
 
 Box = tuple[slice, ...]
+Record = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 UNDO_KEYS = ("Control-Z",)
 REDO_KEYS = ("Control-Shift-Z", "Control-Y")
 
@@ -76,6 +80,8 @@ class EditSession:
         interval_s: minimum seconds between two autosaves.
         on_change: called (on the GUI thread) after every recorded change.
         on_replaced: called after the layer got a new array (e.g. a new segmentation).
+        on_record: ``(flat, before, after)`` for every recorded change (C-order flat
+            indices, old and new values), undo and redo included.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class EditSession:
         interval_s: float = 3.0,
         on_change: Callable[[], None] | None = None,
         on_replaced: Callable[[], None] | None = None,
+        on_record: Record | None = None,
     ) -> None:
         self.layer = layer
         self.image = image
@@ -100,6 +107,8 @@ class EditSession:
         self._throttle = Throttle(interval_s, clock=time.monotonic)
         self._on_change = on_change or (lambda: None)
         self._on_replaced = on_replaced or (lambda: None)
+        self.on_record: Record | None = on_record
+        self._painted: list[np.ndarray] = []
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._save_if_due)
@@ -127,29 +136,43 @@ class EditSession:
     def data(self) -> np.ndarray:
         return self.layer.data
 
-    def _record(self, box: Box | None = None) -> int:
-        """Record the difference between the shadow and the layer (inside ``box``)."""
+    def _diff(self, box: Box | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(flat, before, after)`` of the voxels where the layer differs from the shadow."""
         data = self.data
         if box is None:
             box = tuple(slice(0, n) for n in data.shape)
         before, after = self.shadow[box], data[box]
         local = np.flatnonzero(before != after)
-        if local.size == 0:
-            return 0
         coords = np.unravel_index(local, before.shape)
         flat = np.ravel_multi_index(
             tuple(c + s.start for c, s in zip(coords, box, strict=True)), data.shape
         )
-        self.history.record_change(
-            flat, before.reshape(-1)[local], after.reshape(-1)[local], shape=data.shape
-        )
+        values = before.reshape(-1)[local], after.reshape(-1)[local]
         self.shadow[box] = after
+        return np.asarray(flat, dtype=np.intp), *values
+
+    def _notify(self, flat: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
+        if self.on_record is not None and flat.size:
+            self.on_record(flat, before, after)
+
+    def _record(self, box: Box | None = None, painted: bool = False) -> np.ndarray:
+        """Record the difference between the shadow and the layer (inside ``box``).
+
+        Returns the changed voxels' flat indices (kept for fill-between if ``painted``).
+        """
+        flat, before, after = self._diff(box)
+        if flat.size == 0:
+            return flat
+        self.history.record_change(flat, before, after, shape=self.data.shape)
+        if painted:
+            self._painted.append(flat)
+        self._notify(flat, before, after)
         self._changed()
-        return int(local.size)
+        return flat
 
     def sync(self) -> int:
         """Record changes made outside the session (one undo step); number of voxels."""
-        return self._record()
+        return int(self._record().size)
 
     def apply(self, tool: Callable[[np.ndarray], np.ndarray]) -> int:
         """Run ``tool(mask) -> new mask`` as one undoable edit; number of voxels changed."""
@@ -162,7 +185,7 @@ class EditSession:
             return 0
         np.put(self.data, changed, np.take(new, changed))
         self.layer.refresh()
-        return self._record()
+        return int(self._record().size)
 
     def _on_paint(self, event: Any) -> None:
         box = paint_event_box(getattr(event, "value", None), self.data.shape)
@@ -175,12 +198,23 @@ class EditSession:
             if reverted:
                 self.reverted_voxels += reverted
                 self.layer.refresh()
-        self._record(box)
+        self._record(box, painted=True)
+
+    def take_painted(self) -> np.ndarray:
+        """Flat indices of the voxels brush strokes changed since the last call; forgets them."""
+        painted = self.painted()
+        self._painted = []
+        return painted
+
+    def painted(self) -> np.ndarray:
+        """Flat indices of the voxels brush strokes changed since :meth:`take_painted`."""
+        return np.unique(np.concatenate(self._painted)) if self._painted else np.zeros(0, np.intp)
 
     def _on_data_replaced(self, event: Any = None) -> None:
         """The layer got a new array (e.g. a new segmentation): start a fresh history."""
         self.history = EditHistory(shape=self.data.shape)
         self.shadow = np.array(self.data, copy=True)
+        self._painted = []
         self._on_replaced()
         self._changed()
 
@@ -190,8 +224,7 @@ class EditSession:
         self.sync()
         if not self.history.can_undo:
             return False
-        self.history.undo(self.data)
-        self.shadow[...] = self.data
+        self._notify(*self._diff(self.history.undo(self.data)))
         self.layer.refresh()
         self._changed()
         return True
@@ -200,8 +233,7 @@ class EditSession:
         """Redo the last undone edit; False if there is none."""
         if not self.history.can_redo:
             return False
-        self.history.redo(self.data)
-        self.shadow[...] = self.data
+        self._notify(*self._diff(self.history.redo(self.data)))
         self.layer.refresh()
         self._changed()
         return True
