@@ -71,12 +71,18 @@ def test_tools_follow_the_correction_core_and_undo_redo_exactly(make_napari_view
     tools.margin.setValue(2.8)
     check(tools.grow_button, C.grow(states[-1], 2.8, SPACING, label=1))
     check(tools.shrink_button, C.shrink(states[-1], 2.8, SPACING, label=1))
-    gappy = states[-1].copy()
-    z_lesion = np.flatnonzero(gappy.any(axis=(1, 2)))
-    gappy[z_lesion[0] + 1 : z_lesion[0] + 4] = 0  # erase 3 slices: a gap to fill
-    labels.data[...] = gappy  # an edit made outside the tools (recorded as one step)
-    states.append(gappy)
-    check(tools.interpolate_button, C.interpolate_all_gaps(gappy, label=1, spacing=SPACING))
+    # Fill between slices: a new lesion drawn with the brush on slices 4 and 9.
+    labels.brush_size = 8
+    labels.selected_label = 1
+    for z, x in ((4, 200), (9, 210)):
+        with labels.block_history():
+            labels.paint((z, 60, x), 1)
+        states.append(labels.data.copy())  # each stroke is one undo step
+    lesion = np.zeros(labels.data.shape, bool)
+    lesion[:, 40:80, 180:230] = True  # nothing else lies there
+    expected = C.interpolate_lesion(states[-1], [4, 9], lesion, label=1, spacing=SPACING)
+    check(tools.interpolate_button, expected)
+    assert "between key slices 4, 9" in tools.status.text()
 
     # Undo walks back through every state exactly, redo forward again.
     for expected in reversed(states[:-1]):
@@ -151,6 +157,7 @@ def test_lesion_list_jumps_and_deletes(make_napari_viewer, qtbot):
     image, labels = _open_with_mask(viewer, mask)
     widget = _widget(viewer, qtbot)
     panel = widget.lesion_panel
+    widget.show_tab("Lesions")
     expected = C.list_lesions(labels.data, SPACING, connectivity=3)
     assert panel.table.rowCount() == len(expected) >= 3
     assert panel.table.item(0, 1).text() == f"{expected[0].volume_ml:.2f}"
@@ -210,6 +217,7 @@ def test_review_queue_order_and_progress(make_napari_viewer, qtbot):
     labels.data = new
     assert len(widget.session.history) == 0
     assert review.progress.text() == "0/4 reviewed"
+    widget.show_tab("Lesions")
     widget.lesion_panel.refresh()
     assert widget.lesion_panel.table.rowCount() == 1
 
@@ -269,7 +277,8 @@ def test_export_for_training(make_napari_viewer, qtbot, tmp_path):
 
     viewer = make_napari_viewer()
     image, labels = _open_with_mask(viewer)
-    widget = _widget(viewer, qtbot)
+    answers = []
+    widget = _widget(viewer, qtbot, confirm=lambda title, text: answers.pop(0))
     prediction = labels.data.copy()
     widget.tools_panel.grow()
     with labels.block_history():
@@ -291,26 +300,25 @@ def test_export_for_training(make_napari_viewer, qtbot, tmp_path):
     source_affine = np.asarray(image.metadata["nifti"]["affine"])
     np.testing.assert_allclose(img.affine, source_affine, atol=1e-5)
     np.testing.assert_array_equal(lab.affine, img.affine)
-    np.testing.assert_array_equal(np.asarray(lab.dataobj).transpose(2, 1, 0), corrected)
+    on_disk = np.asarray(lab.dataobj).transpose(2, 1, 0)
+    for z in (z1, z2):  # reviewed slices hold the corrected mask (others: ignore label)
+        np.testing.assert_array_equal(on_disk[z], corrected[z])
     reviewed = json.loads((folder / "reviewed.json").read_text())["phantom_001"]
     assert reviewed["reviewed_slices"] == sorted([z1, z2])
+    assert reviewed["slice_axis"] == 2  # the NIfTI's own voxel axis (napari axis 0)
     changes = C.counted_changes(prediction, corrected)
     assert reviewed["provenance"]["voxels_added"] == changes["added"] > 0
     assert reviewed["provenance"]["voxels_removed"] == changes["removed"] >= 0
     assert reviewed["provenance"]["model_version"] == "tiny-phantom"
     ds = load_nnunet_dataset(folder, input_size=64)
     assert ds.slice_ids == [f"phantom_001:z={z}" for z in sorted([z1, z2])]
-    # Exporting the same case id again is refused with one clear message.
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    try:
-        panel.export()
-        qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
-    finally:
-        notification_manager.notification_ready.disconnect(seen.append)
-    assert len(seen) == 1 and "already exists" in str(seen[0].message)
+    assert reviewed["provenance"]["burden"]["n_lesions"] == widget.quantification().n_lesions
+    # Exporting again asks to update the case; "No" writes nothing.
+    before = (folder / "labelsTr" / "phantom_001.nii.gz").read_bytes()
+    answers.append(False)
+    assert panel.export() is None
+    assert "left as it is" in panel.status.text()
+    assert (folder / "labelsTr" / "phantom_001.nii.gz").read_bytes() == before
 
 
 def test_keyboard_undo_redo_on_the_canvas(make_napari_viewer, qtbot):

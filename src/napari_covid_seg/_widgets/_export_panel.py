@@ -1,7 +1,12 @@
-""" "Export for training" panel: the corrected mask and its CT into an nnU-Net v2 dataset.
+""" "Save and export" panel: the mask as NIfTI, or the mask and its CT into an nnU-Net v2 dataset.
 
-The write runs in a napari ``thread_worker`` (gzip-compressing a CT takes
-seconds) over copies of the arrays, so painting can go on meanwhile.
+"Save as NIfTI..." writes the mask being edited with its CT's geometry
+(atomically; never over the CT). "Export for training" writes a dataset case in
+a napari ``thread_worker`` (gzip-compressing a CT takes seconds) over copies of
+the arrays, so painting can go on meanwhile. Exporting an image that is
+already in the dataset (same source file or same voxels) asks to update that
+case instead of adding a copy that would sit in training and validation at
+once; "as a new case" adds one on purpose.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -20,7 +26,7 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from ._notify import describe_error, notify_error, notify_info
+from ._notify import Confirm, describe_error, notify_error, notify_info
 
 
 @dataclass
@@ -33,6 +39,8 @@ class ExportJob:
     case_id: str | None
     reviewed_slices: list[int] | None
     provenance: dict
+    image_fingerprint: str | None = None
+    overwrite: bool = False
 
 
 def run_export(job: ExportJob) -> tuple[str | None, BaseException | None]:
@@ -47,6 +55,8 @@ def run_export(job: ExportJob) -> tuple[str | None, BaseException | None]:
             case_id=job.case_id,
             reviewed_slices=job.reviewed_slices,
             provenance=job.provenance,
+            overwrite=job.overwrite,
+            image_fingerprint=job.image_fingerprint,
         )
     except Exception as err:
         return None, err
@@ -54,17 +64,25 @@ def run_export(job: ExportJob) -> tuple[str | None, BaseException | None]:
 
 
 class ExportPanel(QGroupBox):
-    """Dataset folder, optional case id, and the "Export for training" button.
+    """Save as NIfTI; dataset folder, case id, "as a new case", "Export for training".
 
-    ``make_job(folder, case_id) -> ExportJob | None`` is provided by the Correct widget.
+    ``make_job(folder, case_id) -> ExportJob | None`` and ``save() -> path | None``
+    are provided by the Correct widget; ``confirm`` asks before updating a case.
     """
 
-    def __init__(self) -> None:
-        super().__init__("Export for training (nnU-Net v2 raw)")
+    def __init__(self, confirm: Confirm | None = None) -> None:
+        super().__init__("Save and export")
         self.make_job: Callable[[str, str | None], ExportJob | None] | None = None
+        self.save: Callable[[], Any] | None = None
+        self.confirm: Confirm = confirm or (lambda title, text: True)
         self.worker: Any = None
         self._job: ExportJob | None = None
         self.last_case: str | None = None
+        self.save_button = QPushButton("Save as NIfTI...")
+        self.save_button.setToolTip(
+            "Write the mask being edited as .nii.gz with the CT's geometry (never over the CT)"
+        )
+        self.save_button.clicked.connect(lambda *_: self.save() if self.save else None)
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("dataset folder, e.g. ~/covid/Dataset501_Lesions")
         browse = QPushButton("...")
@@ -75,14 +93,27 @@ class ExportPanel(QGroupBox):
         row.addWidget(browse)
         self.case_id = QLineEdit()
         self.case_id.setPlaceholderText("automatic (from the file name)")
+        self.new_case = QCheckBox("as a new case")
+        self.new_case.setToolTip(
+            "Add another case even if this image was exported before "
+            "(otherwise that case is updated, after a question)"
+        )
         self.export_button = QPushButton("Export for training")
+        self.export_button.setToolTip(
+            "Write the CT and the corrected mask as a case of an nnU-Net v2 dataset, with the "
+            "reviewed slices, for the Fine-tune widget"
+        )
         self.export_button.clicked.connect(self.export)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.export_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout(self)
         form.addRow("Dataset", row)
         form.addRow("Case id", self.case_id)
-        form.addRow(self.export_button)
+        form.addRow("", self.new_case)
+        form.addRow(buttons)
         form.addRow(self.status)
 
     def _browse(self) -> None:
@@ -94,6 +125,36 @@ class ExportPanel(QGroupBox):
     def running(self) -> bool:
         return self.worker is not None
 
+    def _decide_case(self, job: ExportJob) -> bool:
+        """Update an existing case (after asking), or not; False = do not export."""
+        from ..io.dataset_export import case_exists, find_case
+
+        if self.new_case.isChecked():
+            if job.case_id is not None and case_exists(job.folder, job.case_id):
+                notify_error(
+                    f"Case '{job.case_id}' already exists; clear the case id (a new id is "
+                    "chosen) or untick 'as a new case' to update it."
+                )
+                return False
+            return True
+        existing = job.case_id
+        if existing is None:
+            existing = find_case(job.folder, job.image.source_path, job.image_fingerprint)
+        elif not case_exists(job.folder, existing):
+            return True
+        if existing is None:
+            return True
+        if not self.confirm(
+            "Update the exported case?",
+            f"'{existing}' in {job.folder} already holds this image. Replace its image, mask "
+            "and reviewed slices with the current ones? (No exports nothing; tick 'as a new "
+            "case' to add a second copy on purpose.)",
+        ):
+            self.status.setText(f"Not exported: case '{existing}' was left as it is.")
+            return False
+        job.case_id, job.overwrite = existing, True
+        return True
+
     def export(self) -> Any:
         """Start the export; returns the worker, or None if refused (one notification)."""
         if self.running:
@@ -103,7 +164,7 @@ class ExportPanel(QGroupBox):
             notify_error("Choose a dataset folder to export into (the '...' button).")
             return None
         job = self.make_job(folder, self.case_id.text().strip() or None) if self.make_job else None
-        if job is None:
+        if job is None or not self._decide_case(job):
             return None
         from napari.qt.threading import create_worker
 
@@ -113,7 +174,7 @@ class ExportPanel(QGroupBox):
         self.worker = worker
         self._job = job
         self.export_button.setEnabled(False)
-        self.status.setText("Exporting...")
+        self.status.setText("Updating..." if job.overwrite else "Exporting...")
         worker.start()
         return worker
 
@@ -127,8 +188,9 @@ class ExportPanel(QGroupBox):
         self.last_case = case
         reviewed = job.reviewed_slices
         scope = f"{len(reviewed)} reviewed slices" if reviewed else "all slices, none reviewed"
-        self.status.setText(f"Exported case '{case}' ({scope}).")
-        notify_info(f"Exported case '{case}' to {job.folder} ({scope}).")
+        verb = "Updated" if job.overwrite else "Exported"
+        self.status.setText(f"{verb} case '{case}' ({scope}).")
+        notify_info(f"{verb} case '{case}' in {job.folder} ({scope}).")
 
     def _finished(self) -> None:
         self.worker = None

@@ -4,8 +4,8 @@ Every layer the plugin makes from a CT image carries the image's ``scale``,
 ``translate``, ``affine`` and ``units`` and a copy of its ``metadata["nifti"]``
 (so the npe2 writer saves a mask with the image's exact geometry). Plugin
 layers also carry ``metadata["covid_seg"]`` with at least a ``"role"``
-(``"lesions"``, ``"probability"``, ``"uncertainty"``, ``"attention"``) and the
-``"image_layer"`` they were made from.
+(``"lesions"``, ``"lungs"``, ``"probability"``, ``"uncertainty"``, ``"attention"``)
+and the ``"image_layer"`` they were made from.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..io import HU, WINDOWED, Volume, looks_windowed
 
 KEY = "covid_seg"
 LESIONS = "lesions"
+LUNGS = "lungs"
 
 
 def plugin_meta(layer: Any) -> dict:
@@ -101,6 +102,39 @@ def find_image_for(viewer: Any, labels: Any) -> Any | None:
             return layer
     same_shape = [layer for layer in candidates if layer.data.shape == labels.data.shape]
     return same_shape[-1] if same_shape else None
+
+
+def find_partner(viewer: Any, layer: Any, wanted_role: str) -> Any | None:
+    """The Labels layer of role ``wanted_role`` made for the same CT as ``layer`` (same shape)."""
+    image = (layer.metadata.get(KEY) or {}).get("image_layer")
+    for other in reversed(list(viewer.layers)):
+        if (
+            other is not layer
+            and is_labels(other)
+            and role(other) == wanted_role
+            and other.data.shape == layer.data.shape
+            and (other.metadata.get(KEY) or {}).get("image_layer") == image
+        ):
+            return other
+    return None
+
+
+def scrolled(widget: QWidget, min_height: int = 40) -> Any:
+    """``widget`` in a frameless vertical scroll area (docks stay usable on small screens).
+
+    The area may shrink to ``min_height`` pixels, so that several docks fit one
+    laptop screen; what does not fit scrolls.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setMinimumHeight(min_height)
+    return area
 
 
 def current_index(viewer: Any, layer: Any) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..correction import ReviewQueue
 from ._layers import current_index, jump_to, plugin_meta
@@ -31,11 +31,11 @@ def queue_for(layer: Any, axial_axis: int) -> ReviewQueue:
     return ReviewQueue(np.asarray(scores, dtype=np.float64))
 
 
-class ReviewPanel(QGroupBox):
+class ReviewPanel(QWidget):
     """Previous / next / mark reviewed, and "12/87 reviewed"."""
 
     def __init__(self, viewer: Any) -> None:
-        super().__init__("Review queue (most uncertain slices first)")
+        super().__init__()
         self.viewer = viewer
         self.layer: Any = None
         self.axial_axis = 0
@@ -58,9 +58,13 @@ class ReviewPanel(QGroupBox):
         labels.addWidget(self.progress)
         labels.addStretch(1)
         labels.addWidget(self.where)
+        hint = QLabel("Axial slices, most uncertain first; reviewed slices are what training uses.")
+        hint.setWordWrap(True)
         layout = QVBoxLayout(self)
+        layout.addWidget(hint)
         layout.addLayout(labels)
         layout.addLayout(row)
+        layout.addStretch(1)
         viewer.dims.events.current_step.connect(self._update)
 
     def set_layer(self, layer: Any, axial_axis: int = 0) -> None:

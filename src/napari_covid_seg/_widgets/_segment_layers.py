@@ -4,8 +4,10 @@ Layers made for image ``CT``:
 
 * ``"CT lesions"``: Labels, uint8 {0, 1}, the image's geometry and a copy of
   its ``metadata["nifti"]``; ``metadata["covid_seg"]`` holds the model
-  version, per-slice uncertainty, the review queue, the quantification and the
-  original ``prediction`` (for provenance: voxels the human added/removed).
+  version, per-slice uncertainty, the review queue, the quantification, the
+  original ``prediction`` (for provenance: voxels the human added/removed) and
+  the ``lungs`` labels with their ``lung_mask`` report (the Correct widget shows,
+  corrects and quantifies with them).
 * ``"CT lesion probability"``: Image, uint8 ``p * 255``.
 * ``"CT uncertainty"``: Image, uint8 binary entropy (bits) ``* 255``.
 * ``"CT attention 1"``, ``"CT attention 2"``: Image, uint8 attention
@@ -55,6 +57,7 @@ def lesion_metadata(image: Any, outcome: SegmentOutcome) -> dict:
         "review": outcome.review,
         "quantification": outcome.quantification.to_dict() if outcome.quantification else None,
         "lung_mask": result.lung_report,
+        "lungs": result.lungs,
         "prediction": result.mask.copy(),
     }
     return meta

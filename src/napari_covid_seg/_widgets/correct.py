@@ -1,41 +1,63 @@
-"""The "Correct lesions" dock widget: lesion list, review queue, tools, undo, autosave, export.
+"""The "Correct lesions" dock widget: live burden, tools, lesion list, review, lungs, save/export.
 
-It binds to one lesion Labels layer (and the CT Image layer it belongs to, for
-HU-limited paint and export). All edits, including napari brush strokes, go
-through an :class:`~._edit_session.EditSession`: multi-level undo/redo
-(Ctrl+Z / Ctrl+Shift+Z on the layer) and an autosave at most every few seconds,
-keyed by the fingerprint of the CT. When a CT with an autosave is opened again,
-the widget offers to restore the mask.
+It binds to one Labels layer, the mask being edited (the lesion mask, or the
+lung mask while "Correct lung mask" is on), and to the CT Image layer it
+belongs to (for HU-limited paint, density and export). The mask box follows
+the layer selected in napari's layer list. All edits, including napari brush
+strokes, go through an :class:`~._edit_session.EditSession`: multi-level
+undo/redo (Ctrl+Z / Ctrl+Shift+Z on the layer), an autosave at most every few
+seconds keyed by the fingerprint of the CT, and a change record that keeps the
+live burden (lesion mL, count, % of each lung, ground glass vs consolidation)
+current after every stroke. When a CT with an autosave is opened again, the
+widget offers to restore the mask (and the corrected lung mask).
+
+Layout: the mask and CT pickers and the live burden on top, then tabs (Tools,
+Lesions, Review, Lungs, Save) so that the widget fits a laptop screen beside
+the Segment and Fine-tune widgets.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import weakref
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QApplication, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QSize
+from qtpy.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..correction import AutosaveStore, counted_changes, default_autosave_root, fingerprint
 from ..errors import CovidSegError
+from ._burden_panel import BurdenPanel, spacing_of
 from ._edit_session import EditSession
 from ._export_panel import ExportJob, ExportPanel
 from ._layers import (
     KEY,
     LESIONS,
+    LUNGS,
     LayerCombo,
     find_image_for,
+    find_partner,
     geometry_kwargs,
     is_ct_image,
     is_labels,
     layer_volume,
     plugin_meta,
     role,
+    scrolled,
 )
 from ._lesion_panel import LesionPanel
-from ._notify import Confirm, ask_yes_no, notify_error, notify_info
+from ._lungs_panel import LungsPanel, add_lungs_layer, report_text, stored_lungs
+from ._notify import Confirm, ask_yes_no, describe_error, notify_error, notify_info
 from ._review_panel import ReviewPanel
 from ._tools_panel import ToolsPanel
 
@@ -53,8 +75,11 @@ class CorrectWidget(QWidget):
     Args:
         napari_viewer: the viewer (injected by napari).
         autosave_root: folder for autosaves (default: the per-user autosave folder).
-        confirm: ``(title, text) -> bool`` for the restore question (default: a dialog).
+        confirm: ``(title, text) -> bool`` for questions (restore, update a case;
+            default: a dialog).
         autosave_interval_s: minimum seconds between two autosaves.
+        save_path: ``(suggested path) -> path or None`` for "Save as NIfTI..."
+            (default: a file dialog).
     """
 
     def __init__(
@@ -64,27 +89,36 @@ class CorrectWidget(QWidget):
         autosave_root: str | None = None,
         confirm: Confirm | None = None,
         autosave_interval_s: float = AUTOSAVE_INTERVAL_S,
+        save_path: Any = None,
     ) -> None:
         super().__init__()
         self.viewer = napari_viewer
         root = default_autosave_root() if autosave_root is None else autosave_root
         self.autosaves = AutosaveStore(root)
+        self.lung_autosaves = AutosaveStore(self.autosaves.root / "lungs")
         self.predictions = AutosaveStore(self.autosaves.root / "predictions")
         self.confirm: Confirm = confirm or (lambda title, text: ask_yes_no(self, title, text))
+        self.save_path = save_path or self._save_dialog
         self.autosave_interval_s = autosave_interval_s
         self.session: EditSession | None = None
         self.image: Any = None
         self.fingerprint: str | None = None
+        self.lungs_worker: Any = None
+        self._intensity = "hu"
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._offered: set[str] = set()
         self._watching: Any = None
+        self._quiet = False  # adding layers ourselves: do not follow napari's selection
+        self._inserted: Any = None  # napari activates each new layer; the combo decides those
         self._build()
         napari_viewer.layers.events.inserted.connect(self._on_inserted)
         napari_viewer.layers.events.removed.connect(self._on_removed)
+        napari_viewer.layers.selection.events.active.connect(self._on_active)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.flush_autosave)
         for layer in list(napari_viewer.layers):
+            self._watch_paint(layer)
             self.offer_restore(layer)
         self._bind(self.labels_combo.current_layer())
 
@@ -93,6 +127,7 @@ class CorrectWidget(QWidget):
         self.labels_combo = LayerCombo(
             self.viewer, _is_3d_labels, self, prefer=lambda layer: role(layer) == LESIONS
         )
+        self.labels_combo.setToolTip("The Labels layer being edited (follows the layer list)")
         self.labels_combo.currentIndexChanged.connect(
             lambda *_: self._bind(self.labels_combo.current_layer())
         )
@@ -100,21 +135,61 @@ class CorrectWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(lambda *_: self._rebind_image())
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.burden_panel = BurdenPanel()
         self.lesion_panel = LesionPanel(self.viewer)
         self.review_panel = ReviewPanel(self.viewer)
         self.review_panel.on_change = self._on_reviewed
         self.tools_panel = ToolsPanel()
-        self.export_panel = ExportPanel()
+        self.tools_panel.selected_lesion = self.lesion_panel.selected_voxels
+        self.lungs_panel = LungsPanel()
+        self.lungs_panel.on_show = self.show_lungs
+        self.lungs_panel.on_edit = self.edit_lungs
+        self.lungs_panel.on_compute = self.compute_lungs
+        self.export_panel = ExportPanel(confirm=lambda t, q: self.confirm(t, q))
         self.export_panel.make_job = self._export_job
-        form = QFormLayout()
-        form.addRow("Lesion mask", self.labels_combo)
-        form.addRow("CT image", self.image_combo)
+        self.export_panel.save = self.save_nifti
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        for page, title in (
+            (scrolled(self.tools_panel), "Tools"),
+            (scrolled(self.lesion_panel), "Lesions"),
+            (scrolled(self.review_panel), "Review"),
+            (scrolled(self.lungs_panel), "Lungs"),
+            (scrolled(self.export_panel), "Save"),
+        ):
+            self.tabs.addTab(page, title)
+        self.lesion_panel.is_shown = lambda: (
+            self.tabs.tabText(self.tabs.currentIndex()) == "Lesions"
+        )
+        self.tabs.currentChanged.connect(lambda *_: self.lesion_panel.refresh_if_stale())
+        self.lesion_panel.components_source = self._live_components
+        for combo in (self.labels_combo, self.image_combo):
+            combo.setMinimumContentsLength(6)
+        pickers = QHBoxLayout()
+        pickers.addWidget(QLabel("Mask"))
+        pickers.addWidget(self.labels_combo, 1)
+        pickers.addWidget(QLabel("CT"))
+        pickers.addWidget(self.image_combo, 1)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
+        layout.addLayout(pickers)
         layout.addWidget(self.info)
-        for panel in (self.lesion_panel, self.review_panel, self.tools_panel, self.export_panel):
-            layout.addWidget(panel)
-        layout.addStretch(1)
+        layout.addWidget(self.burden_panel)
+        layout.addWidget(self.tabs, 1)
+
+    def sizeHint(self) -> QSize:
+        """Ask for most of a laptop screen's height: this is where the work happens."""
+        hint = super().sizeHint()
+        return QSize(hint.width(), max(hint.height(), 560))
+
+    def show_tab(self, title: str) -> QWidget:
+        """Bring tab ``title`` ("Tools", "Lesions", "Review", "Lungs", "Save") to the front."""
+        for i in range(self.tabs.count()):
+            if self.tabs.tabText(i) == title:
+                self.tabs.setCurrentIndex(i)
+                return self.tabs.widget(i)
+        raise KeyError(title)
 
     # -- binding -----------------------------------------------------------------------------
     @property
@@ -140,7 +215,8 @@ class CorrectWidget(QWidget):
                 image = None
         self.image = image
         self.fingerprint = self._fingerprint(image) if image is not None else None
-        autosave = (self.autosaves, self.fingerprint) if self.fingerprint else None
+        store = self.lung_autosaves if role(labels) == LUNGS else self.autosaves
+        autosave = (store, self.fingerprint) if self.fingerprint else None
         self.session = EditSession(
             labels,
             None if image is None else np.asarray(image.data),
@@ -149,6 +225,7 @@ class CorrectWidget(QWidget):
             interval_s=self.autosave_interval_s,
             on_change=self._on_session_change,
             on_replaced=self._on_mask_replaced,
+            on_record=self._on_record,
         )
         self._keep_prediction()
         self._set_panels(self.session)
@@ -156,12 +233,17 @@ class CorrectWidget(QWidget):
     def _keep_prediction(self) -> None:
         """Store the model's original prediction beside the autosave (for provenance)."""
         prediction = plugin_meta(self.labels).get("prediction")
-        if self.fingerprint and prediction is not None:
+        if self.fingerprint and prediction is not None and role(self.labels) != LUNGS:
             self.predictions.save(self.fingerprint, np.asarray(prediction), {})
 
     def _on_mask_replaced(self) -> None:
-        """A new segmentation replaced the mask: new review queue, new prediction."""
+        """A new segmentation replaced the mask: new review queue, prediction, lungs, counts."""
         self._keep_prediction()
+        lesions, lungs_layer = self.lesion_layer(), self.lungs_layer()
+        new_lungs = stored_lungs(lesions) if lesions is not None else None
+        if lungs_layer is not None and lungs_layer is not self.labels and new_lungs is not None:
+            if lungs_layer.data is not new_lungs:
+                lungs_layer.data = new_lungs
         self._set_panels(self.session)
 
     def _rebind_image(self) -> None:
@@ -179,21 +261,24 @@ class CorrectWidget(QWidget):
 
     def _set_panels(self, session: EditSession | None) -> None:
         axial = self._axial_axis()
-        intensity = "hu"
+        self._intensity = "hu"
         if self.image is not None:
-            intensity = layer_volume(self.image).intensity
+            self._intensity = layer_volume(self.image).intensity
+        self.update_burden()
         self.lesion_panel.set_session(session, axial)
         self.review_panel.set_layer(session.layer if session else None, axial)
-        self.tools_panel.set_session(session, intensity, axial)
+        self.tools_panel.set_session(session, self._intensity, axial)
+        self._update_lungs_panel()
         self._update_info()
 
     def _axial_axis(self) -> int:
         labels = self.labels
         if labels is None:
             return 0
-        meta = plugin_meta(labels)
-        if "axial_axis" in meta:
-            return int(meta["axial_axis"])
+        for layer in (labels, self.lesion_layer()):
+            meta = plugin_meta(layer) if layer is not None else {}
+            if "axial_axis" in meta:
+                return int(meta["axial_axis"])
         try:
             return int(layer_volume(self.image or labels).reorientation.axial_axis)
         except (CovidSegError, ValueError, KeyError):
@@ -203,8 +288,10 @@ class CorrectWidget(QWidget):
         if self.session is None:
             self.info.setText("Choose a lesion mask (Labels layer) to correct.")
             return
-        meta = plugin_meta(self.session.layer)
+        meta = plugin_meta(self.lesion_layer() or self.session.layer)
         parts = [f"model: {meta.get('model_version', 'unknown')}"]
+        if role(self.session.layer) == LUNGS:
+            parts.insert(0, "<b>editing the lung mask</b>")
         if self.image is None:
             parts.append("no CT image: HU-limited paint, autosave and export are off")
         elif self.session.last_saved_at is not None:
@@ -221,6 +308,182 @@ class CorrectWidget(QWidget):
             self._fingerprints[image] = cached
         return cached[1]
 
+    # -- lesion / lung layers and the live burden ------------------------------------------------
+    def lesion_layer(self) -> Any:
+        """The lesion mask: the bound layer, or while editing lungs the lesions they belong to."""
+        labels = self.labels
+        if labels is None or role(labels) != LUNGS:
+            return labels
+        partner = find_partner(self.viewer, labels, LESIONS)
+        if partner is not None:
+            return partner
+        name = plugin_meta(labels).get("lesion_layer")
+        if name in self.viewer.layers and is_labels(self.viewer.layers[name]):
+            return self.viewer.layers[name]
+        return None
+
+    def lungs_layer(self) -> Any:
+        """The lung mask Labels layer of the current lesion mask, if shown once."""
+        labels = self.labels
+        if labels is not None and role(labels) == LUNGS:
+            return labels
+        lesions = self.lesion_layer()
+        if lesions is None:
+            return None
+        partner = find_partner(self.viewer, lesions, LUNGS)
+        if partner is not None:
+            return partner
+        for layer in self.viewer.layers:
+            if role(layer) == LUNGS and plugin_meta(layer).get("lesion_layer") == lesions.name:
+                return layer
+        return None
+
+    def update_burden(self) -> None:
+        """Point the live burden at the current lesion, lung and CT arrays."""
+        lesions = self.lesion_layer()
+        if lesions is None:
+            self.burden_panel.set_sources(None)
+            return
+        lungs_layer = self.lungs_layer()
+        lungs = lungs_layer.data if lungs_layer is not None else stored_lungs(lesions)
+        if lungs is not None and lungs.shape != lesions.data.shape:
+            lungs = None
+        if lungs is None:
+            note = "No lung mask, so no % of lungs (Lungs tab: compute one)."
+        elif lungs_layer is not None:
+            note = f"Lungs from '{lungs_layer.name}'."
+        else:
+            note = ""
+        report = plugin_meta(lesions).get("lung_mask")
+        if isinstance(report, dict) and report.get("status") == "skipped":
+            note = (note + " " if note else "") + "The lung mask looked wrong: check it (Lungs)."
+        image = None
+        if self.image is not None and self.image.data.shape == lesions.data.shape:
+            image = np.asarray(self.image.data)
+        self.burden_panel.set_sources(
+            lesions.data, spacing_of(lesions), lungs, image, self._intensity, note
+        )
+
+    def _live_components(self) -> Any:
+        burden = self.burden_panel.burden
+        if burden is None or self.labels is None or burden.lesions is not self.labels.data:
+            return None
+        return burden.counter.components()
+
+    def _on_record(self, flat: np.ndarray, before: np.ndarray, after: np.ndarray) -> None:
+        """Every change of the bound mask: move the live numbers by it."""
+        burden = self.burden_panel.burden
+        data = self.labels.data if self.labels is not None else None
+        if burden is not None and data is not None:
+            if role(self.labels) == LUNGS and burden.lungs is data:
+                self.burden_panel.lungs_changed(flat, before, after)
+                return
+            if burden.lesions is data:
+                self.burden_panel.lesions_changed(flat, before, after)
+                return
+        self.update_burden()
+
+    def quantification(self) -> Any:
+        """The live :class:`~napari_covid_seg.inference.quantify.Quantification` (or None)."""
+        return self.burden_panel.quantification()
+
+    # -- lungs -------------------------------------------------------------------------------------
+    def _update_lungs_panel(self) -> None:
+        lesions = self.lesion_layer()
+        layer = self.lungs_layer()
+        report = report_text(plugin_meta(lesions).get("lung_mask")) if lesions is not None else ""
+        has = lesions is not None and (layer is not None or stored_lungs(lesions) is not None)
+        self.lungs_panel.set_state(
+            report=report if lesions is not None else "Choose a lesion mask first.",
+            has_lungs=has,
+            shown=layer is not None and layer.visible,
+            editing=self.labels is not None and role(self.labels) == LUNGS,
+            busy=self.lungs_worker is not None,
+        )
+
+    def _add_quietly(self, add: Any) -> Any:
+        """Add a layer without the mask box jumping to it (napari selects new layers)."""
+        keep = self.labels
+        self._quiet = True
+        try:
+            layer = add()
+            if keep is not None and keep in self.viewer.layers:
+                self.viewer.layers.selection.active = keep
+        finally:
+            self._quiet = False
+        return layer
+
+    def show_lungs(self, show: bool = True) -> Any:
+        """Show (or hide) the lung mask as a Labels layer; returns it."""
+        layer = self.lungs_layer()
+        lesions = self.lesion_layer()
+        if layer is None and show:
+            lungs = stored_lungs(lesions) if lesions is not None else None
+            image = self.image
+            if lungs is None or image is None:
+                notify_error("There is no lung mask for this lesion mask: compute one first.")
+                self._update_lungs_panel()
+                return None
+            layer = self._add_quietly(lambda: add_lungs_layer(self.viewer, image, lungs, lesions))
+        if layer is not None:
+            layer.visible = show
+        self.update_burden()
+        self._update_lungs_panel()
+        return layer
+
+    def edit_lungs(self, edit: bool = True) -> Any:
+        """Make the lung mask the mask being edited (or go back to the lesions)."""
+        if not edit:
+            target = self.lesion_layer()
+        else:
+            target = self.show_lungs(True)
+        if target is None:
+            self._update_lungs_panel()
+            return None
+        self.labels_combo.set_layer(target)
+        self._bind(target)
+        self.viewer.layers.selection.active = target
+        if edit:
+            target.selected_label = 1
+            notify_info("Editing the lung mask: paint 1 = right lung, 2 = left lung, 0 erases.")
+        self._update_lungs_panel()
+        return target
+
+    def compute_lungs(self) -> Any:
+        """Compute a lung mask from the CT in a worker; it is kept with the lesion mask."""
+        lesions = self.lesion_layer()
+        if lesions is None or self.image is None:
+            notify_error("Choose the lesion mask and its CT image first.")
+            return None
+        if self.lungs_worker is not None:
+            return None
+        from napari.qt.threading import create_worker
+
+        volume = layer_volume(self.image)
+        worker = create_worker(_lung_job, volume, _start_thread=False)
+        worker.returned.connect(lambda out, layer=lesions: self._lungs_computed(layer, out))
+        worker.finished.connect(self._lungs_finished)
+        self.lungs_worker = worker
+        self._update_lungs_panel()
+        worker.start()
+        return worker
+
+    def _lungs_computed(self, lesions: Any, outcome: tuple[Any, Any]) -> None:
+        lungs, report = outcome
+        if isinstance(lungs, BaseException):
+            notify_error(describe_error(lungs, "The lung mask"))
+            return
+        if lesions not in self.viewer.layers or lungs.shape != lesions.data.shape:
+            return
+        meta = plugin_meta(lesions)
+        meta["lungs"] = lungs
+        meta["lung_mask"] = report
+        self.show_lungs(True)
+
+    def _lungs_finished(self) -> None:
+        self.lungs_worker = None
+        self._update_lungs_panel()
+
     # -- events --------------------------------------------------------------------------------
     def _on_session_change(self) -> None:
         self.lesion_panel.schedule_refresh()
@@ -232,7 +495,21 @@ class CorrectWidget(QWidget):
             self.session.touch()
 
     def _on_inserted(self, event: Any) -> None:
+        self._inserted = event.value
+        self._watch_paint(event.value)
         self.offer_restore(event.value)
+
+    def _watch_paint(self, layer: Any) -> None:
+        if _is_3d_labels(layer):
+            layer.events.paint.connect(self._on_any_paint)
+
+    def _on_any_paint(self, event: Any) -> None:
+        """Painting on another Labels layer makes it the mask being edited."""
+        layer = getattr(event, "source", None)
+        if layer is None or layer is self.labels or layer not in self.viewer.layers:
+            return
+        self.labels_combo.set_layer(layer)
+        self._bind(layer)
 
     def _on_removed(self, event: Any) -> None:
         if self.session is not None and event.value is self.session.layer:
@@ -240,6 +517,22 @@ class CorrectWidget(QWidget):
             self._set_panels(None)
         elif event.value is self.image and self.session is not None:
             self.session.flush()
+        elif role(event.value) == LUNGS:
+            self.update_burden()
+            self._update_lungs_panel()
+        if _is_3d_labels(event.value):
+            event.value.events.paint.disconnect(self._on_any_paint)
+
+    def _on_active(self, event: Any) -> None:
+        """The mask box follows the Labels layer selected in napari's layer list."""
+        layer = getattr(event, "value", None)
+        if layer is None or layer is self._inserted:
+            return  # napari selects every new layer itself; the combo's rule decides those
+        self._inserted = None
+        if self._quiet or layer is self.labels or not _is_3d_labels(layer):
+            return
+        self.labels_combo.set_layer(layer)
+        self._bind(layer)
 
     def flush_autosave(self) -> None:
         """Write pending edits to the autosave now."""
@@ -290,18 +583,25 @@ class CorrectWidget(QWidget):
         if loaded is None or loaded[0].shape != layer.data.shape:
             return None
         mask, meta = loaded
+        lungs = self.lung_autosaves.load(fp) if self.lung_autosaves.exists(fp) else None
+        if lungs is not None and lungs[0].shape != mask.shape:
+            lungs = None
         when = _dt.datetime.fromtimestamp(float(meta.get("saved_at", 0))).strftime("%Y-%m-%d %H:%M")
+        also = " and the corrected lung mask" if lungs is not None else ""
         if not self.confirm(
             "Restore autosaved lesion mask?",
             f"An autosaved lesion mask of '{layer.name}' from {when} exists "
-            f"({int(np.count_nonzero(mask))} lesion voxels). Restore it? "
+            f"({int(np.count_nonzero(mask))} lesion voxels){also}. Restore it? "
             "(No deletes the autosave.)",
         ):
             self.autosaves.discard(fp)
+            self.lung_autosaves.discard(fp)
             return None
-        return self._restore(layer, mask, meta, fp)
+        return self._restore(layer, mask, meta, fp, None if lungs is None else lungs[0])
 
-    def _restore(self, image: Any, mask: np.ndarray, meta: dict, fp: str) -> Any:
+    def _restore(
+        self, image: Any, mask: np.ndarray, meta: dict, fp: str, lungs: np.ndarray | None = None
+    ) -> Any:
         geometry = geometry_kwargs(image)
         info: dict = {
             "role": LESIONS,
@@ -317,23 +617,69 @@ class CorrectWidget(QWidget):
         prediction = self.predictions.load(fp)
         if prediction is not None and prediction[0].shape == mask.shape:
             info["prediction"] = prediction[0].astype(mask.dtype)
+        if lungs is not None:
+            info["lungs"] = lungs.astype(np.uint8)
         geometry["metadata"][KEY] = info
         name = meta.get("layer_name") or f"{image.name} lesions"
         if name in self.viewer.layers:
             name = f"{name} (restored)"
         layer = self.viewer.add_labels(mask, name=name, opacity=0.6, **geometry)
         notify_info(f"Restored the autosaved lesion mask of '{image.name}' as '{layer.name}'.")
+        self.labels_combo.refresh()
         self.labels_combo.set_layer(layer)
         self._bind(layer)
+        if lungs is not None:
+            self.show_lungs(True)
         return layer
 
-    # -- export --------------------------------------------------------------------------------
-    def _export_job(self, folder: str, case_id: str | None) -> ExportJob | None:
+    # -- save and export -------------------------------------------------------------------------
+    def _suggested_path(self) -> str:
         labels = self.labels
+        suffix = "lungs" if role(labels) == LUNGS else "lesions"
+        source = layer_volume(self.image).source_path if self.image is not None else None
+        if source is not None:
+            from ..io.nifti import stem
+
+            folder = Path(source).parent if Path(source).is_file() else Path(source)
+            return str(folder / f"{stem(source)}_{suffix}.nii.gz")
+        return str(Path.home() / f"{labels.name.replace(' ', '_')}.nii.gz")
+
+    def _save_dialog(self, suggested: str) -> str | None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save mask as NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+        )
+        return path or None
+
+    def save_nifti(self, path: str | None = None) -> str | None:
+        """Write the mask being edited as NIfTI with the CT's geometry; returns the path."""
+        from ..io import is_nifti_path, write_mask
+
+        labels = self.labels
+        if labels is None or self.image is None:
+            notify_error("Choose the mask and the CT image it belongs to before saving.")
+            return None
+        path = path or self.save_path(self._suggested_path())
+        if not path:
+            return None
+        if not is_nifti_path(path):
+            path = str(path) + ".nii.gz"
+        self.session.sync()
+        try:
+            written = write_mask(Path(path), np.asarray(labels.data), layer_volume(self.image))
+        except (CovidSegError, OSError) as err:
+            notify_error(describe_error(err, "Saving the mask"))
+            return None
+        self.export_panel.status.setText(f"Saved '{labels.name}' as {written}.")
+        notify_info(f"Saved '{labels.name}' as {written} (the CT's geometry).")
+        return str(written)
+
+    def _export_job(self, folder: str, case_id: str | None) -> ExportJob | None:
+        labels = self.lesion_layer()
         if labels is None or self.image is None:
             notify_error("Choose the lesion mask and the CT image it belongs to before exporting.")
             return None
-        self.session.sync()
+        if self.session is not None:
+            self.session.sync()
         mask = np.array(labels.data, copy=True)
         meta = plugin_meta(labels)
         provenance: dict = {
@@ -346,12 +692,39 @@ class CorrectWidget(QWidget):
             changes = counted_changes(np.asarray(prediction), mask)
             provenance["voxels_added"] = changes["added"]
             provenance["voxels_removed"] = changes["removed"]
-        reviewed = self.review_panel.reviewed_slices() or None
+        burden = self.quantification()
+        if burden is not None:
+            provenance["burden"] = burden.to_dict()
+        reviewed = self.review_panel.reviewed_slices() if labels is self.labels else None
+        if labels is not self.labels:
+            from ._review_panel import queue_for
+
+            reviewed = sorted(queue_for(labels, self._axial_axis()).reviewed)
         return ExportJob(
             folder=folder,
             image=layer_volume(self.image),
             mask=mask,
             case_id=case_id,
-            reviewed_slices=reviewed,
+            reviewed_slices=reviewed or None,
             provenance=provenance,
+            image_fingerprint=self.fingerprint,
         )
+
+
+def _lung_job(volume: Any) -> tuple[Any, Any]:
+    """Worker body: ``(lungs, report)``, or ``(error, None)``; never raises."""
+    try:
+        from ..inference.lungs import lung_mask, lung_volumes_ml
+
+        lungs = lung_mask(volume)
+        right, left = lung_volumes_ml(lungs, volume.voxel_volume_ml)
+    except Exception as err:
+        return err, None
+    report = {
+        "status": "computed",
+        "reason": "",
+        "right_ml": right,
+        "left_ml": left,
+        "notes": ["Computed in the Correct widget; check it before trusting the %."],
+    }
+    return lungs, report
