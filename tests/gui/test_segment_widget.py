@@ -111,7 +111,10 @@ def test_segment_sample_ct(make_napari_viewer, qtbot, tiny_model, tmp_path, note
     assert q["n_lesions"] >= 1
     assert q["lesion_ml"] == pytest.approx(labels.data.sum() * 2.5 * 1.4 * 1.4 / 1000)
     assert 0 < q["percent_lungs"] < 100
-    assert "mL" in widget.results.text() and "% of the lungs" in widget.results.text()
+    assert "mL" in widget.results.text() and "of the lungs" in widget.results.text()
+    lesions = viewer.layers["sample CT lesions"]
+    lungs = lesions.metadata["covid_seg"]["lungs"]  # kept for the Correct widget's Lungs tab
+    assert lungs.shape == lesions.data.shape and set(np.unique(lungs)) <= {0, 1, 2}
 
     for name in ("lesion probability", "uncertainty", "attention 1", "attention 2"):
         layer = viewer.layers[f"sample CT {name}"]
@@ -144,6 +147,7 @@ def test_cancel_and_rerun_keep_edited_mask(make_napari_viewer, qtbot, tiny_model
 
     widget = _widget(viewer, tiny_model, confirm=confirm)
     _run(qtbot, widget)
+    assert "mL" in widget.results.text()
     labels = viewer.layers["sample CT lesions"]
     prediction = labels.data.copy()
     labels.data[20, 100:110, 100:110] = 1  # a human edit
@@ -156,8 +160,10 @@ def test_cancel_and_rerun_keep_edited_mask(make_napari_viewer, qtbot, tiny_model
     seen: list[int] = []
     worker.yielded.connect(lambda step: seen.append(step[0]))
     qtbot.waitUntil(lambda: bool(seen) and seen[-1] >= 1, timeout=RUN_TIMEOUT_MS)
+    assert widget.results.text() == ""  # the last run's numbers are not shown as current
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    assert widget.results.text() == ""
     assert max(seen) < 48
     assert len(viewer.layers) == n_layers
     np.testing.assert_array_equal(labels.data, edited)

@@ -30,7 +30,8 @@ from qtpy.QtWidgets import (
 
 from ..errors import CovidSegError
 from ..io import WINDOWED
-from ._layers import LayerCombo, is_ct_image, layer_volume
+from ._burden_panel import burden_html
+from ._layers import LayerCombo, is_ct_image, layer_volume, scrolled
 from ._notify import (
     Confirm,
     ask_yes_no,
@@ -146,7 +147,10 @@ class SegmentWidget(QWidget):
         self.results.setWordWrap(True)
         self.results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-        form = QFormLayout()
+        settings = QWidget()
+        form = QFormLayout(settings)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.addRow("CT image", self.image_combo)
         form.addRow("Model", self.model_combo)
         form.addRow("", self.model_note)
@@ -157,13 +161,14 @@ class SegmentWidget(QWidget):
         form.addRow("", self.restrict)
         form.addRow("", self.tta)
         form.addRow("Add layers", outputs)
+        # Settings scroll; the buttons, progress and results always stay in view.
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(scrolled(settings), 1)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.results)
-        layout.addStretch(1)
 
     # -- models ----------------------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
@@ -248,10 +253,9 @@ class SegmentWidget(QWidget):
         threshold = (meta.get("preprocessing") or {}).get("threshold")
         if threshold is not None:
             self.threshold.setValue(float(threshold))
-        description = str(meta.get("description", "")).split(". ")[0]
-        if len(description) > 90:
-            description = description[:87] + "..."
+        description = str(meta.get("description", "")).strip()
         self.model_note.setText(f"{arch}: {description}" if description else arch)
+        self.model_note.setToolTip(description)
 
     def _browse_dialog(self) -> str | None:
         path, _ = QFileDialog.getOpenFileName(
@@ -316,6 +320,7 @@ class SegmentWidget(QWidget):
                 f"'{image.name}' holds values 0..255, not Hounsfield units: it is treated as "
                 "an image already in the lung window (HU = -1350 + value x 1500 / 255)."
             )
+        self.results.setText("")  # the previous run's numbers would be stale
         batch = self.batch_size.value() or "auto"
         self._request = SegmentRequest(
             volume=volume,
@@ -384,6 +389,7 @@ class SegmentWidget(QWidget):
 
     def _report_cancelled(self) -> None:
         self._reported = True
+        self.results.setText("")
         self.status.setText("Cancelled; no layer was changed.")
         notify_info("Segmentation cancelled; no layer was added or changed.")
 
@@ -414,7 +420,10 @@ class SegmentWidget(QWidget):
             + "".join(f"\n{m}" for m in result.messages)
         )
         if outcome.quantification is not None:
-            self.results.setText(_quantification_text(outcome.quantification))
+            self.results.setText(
+                burden_html(outcome.quantification)
+                + "<br><i>As segmented; the Correct widget keeps it current.</i>"
+            )
 
     def _add_next_layer(self) -> None:
         """Add one optional result layer per event-loop turn; select the lesions at the end."""
@@ -439,22 +448,6 @@ class SegmentWidget(QWidget):
     def closeEvent(self, event: Any) -> None:
         self.cancel()
         super().closeEvent(event)
-
-
-def _quantification_text(q: Any) -> str:
-    noun = "lesion" if q.n_lesions == 1 else "lesions"
-    lines = [f"<b>{q.lesion_ml:.1f} mL</b> of lesion in <b>{q.n_lesions}</b> {noun}"]
-    if q.percent_lungs is not None:
-        lines.append(
-            f"{q.percent_lungs:.1f}% of the lungs ({q.lung_ml:.0f} mL)<br>"
-            f"right lung {_pct(q.percent_right)} ({q.right_lesion_ml:.1f} mL), "
-            f"left lung {_pct(q.percent_left)} ({q.left_lesion_ml:.1f} mL)"
-        )
-    return "<br>".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}%"
 
 
 def _same_path(a: str, b: str) -> bool:
