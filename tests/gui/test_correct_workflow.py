@@ -389,3 +389,17 @@ def test_lesion_count_of_the_panel_matches_a_full_labelling(make_napari_viewer, 
     widget.lesion_panel.refresh()
     n = ndimage.label(labels.data > 0, structure=np.ones((3, 3, 3)))[1]
     assert widget.lesion_panel.table.rowCount() == n == widget.quantification().n_lesions
+
+
+def test_learn_tab_works_on_the_lesion_mask_being_corrected(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, labels = _open_with_mask(viewer)
+    widget = _dock(viewer)
+    widget.show_tab("Learn")
+    learn = widget.learn_panel
+    assert learn.session is widget.session and learn.image is image
+    assert not learn.button.isEnabled()  # nothing reviewed or corrected yet
+    z = widget.review_panel.next()
+    widget.review_panel.mark_reviewed()
+    assert learn.train_slices() == [z] and learn.button.isEnabled()
+    assert "1 reviewed or corrected slice(s)" in learn.summary.text()

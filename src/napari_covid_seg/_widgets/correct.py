@@ -12,8 +12,9 @@ current after every stroke. When a CT with an autosave is opened again, the
 widget offers to restore the mask (and the corrected lung mask).
 
 Layout: the mask and CT pickers and the live burden on top, then tabs (Tools,
-Lesions, Review, Lungs, Save) so that the widget fits a laptop screen beside
-the Segment and Fine-tune widgets.
+Lesions, Review, Lungs, Learn, Save) so that the widget fits a laptop screen
+beside the Segment and Fine-tune widgets. "Learn" is the within-volume
+"Learn from my corrections" panel (:mod:`._learn_panel`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from ._layers import (
     role,
     scrolled,
 )
+from ._learn_panel import LearnPanel
 from ._lesion_panel import LesionPanel
 from ._lungs_panel import LungsPanel, add_lungs_layer, report_text, stored_lungs
 from ._notify import Confirm, ask_yes_no, describe_error, notify_error, notify_info
@@ -145,6 +147,7 @@ class CorrectWidget(QWidget):
         self.lungs_panel.on_show = self.show_lungs
         self.lungs_panel.on_edit = self.edit_lungs
         self.lungs_panel.on_compute = self.compute_lungs
+        self.learn_panel = LearnPanel()
         self.export_panel = ExportPanel(confirm=lambda t, q: self.confirm(t, q))
         self.export_panel.make_job = self._export_job
         self.export_panel.save = self.save_nifti
@@ -155,9 +158,11 @@ class CorrectWidget(QWidget):
             (scrolled(self.lesion_panel), "Lesions"),
             (scrolled(self.review_panel), "Review"),
             (scrolled(self.lungs_panel), "Lungs"),
+            (scrolled(self.learn_panel), "Learn"),
             (scrolled(self.export_panel), "Save"),
         ):
             self.tabs.addTab(page, title)
+        self.tabs.currentChanged.connect(lambda *_: self._refresh_learn())
         self.lesion_panel.is_shown = lambda: (
             self.tabs.tabText(self.tabs.currentIndex()) == "Lesions"
         )
@@ -268,8 +273,36 @@ class CorrectWidget(QWidget):
         self.lesion_panel.set_session(session, axial)
         self.review_panel.set_layer(session.layer if session else None, axial)
         self.tools_panel.set_session(session, self._intensity, axial)
+        lesions = session is not None and role(session.layer) != LUNGS
+        self.learn_panel.set_context(
+            session if lesions else None,
+            self.image,
+            axial,
+            reviewed=self.review_panel.reviewed_slices,
+            prediction=lambda: self._prediction(),
+            model=lambda: self._model_spec(),
+        )
         self._update_lungs_panel()
         self._update_info()
+
+    def _prediction(self) -> np.ndarray | None:
+        labels = self.lesion_layer()
+        prediction = plugin_meta(labels).get("prediction") if labels is not None else None
+        if prediction is None or np.shape(prediction) != labels.data.shape:
+            return None
+        return np.asarray(prediction)
+
+    def _model_spec(self) -> str:
+        """The model version the mask came from (its folder if known), for "Learn"."""
+        meta = plugin_meta(self.lesion_layer()) if self.lesion_layer() is not None else {}
+        path = meta.get("model_path")
+        if path and Path(str(path)).exists():
+            return str(path)
+        return str(meta.get("model_version") or "default")
+
+    def _refresh_learn(self) -> None:
+        if self.tabs.tabText(self.tabs.currentIndex()) == "Learn":
+            self.learn_panel.refresh()
 
     def _axial_axis(self) -> int:
         labels = self.labels
@@ -488,11 +521,13 @@ class CorrectWidget(QWidget):
     def _on_session_change(self) -> None:
         self.lesion_panel.schedule_refresh()
         self.tools_panel.update_state()
+        self._refresh_learn()
         self._update_info()
 
     def _on_reviewed(self) -> None:
         if self.session is not None:
             self.session.touch()
+        self._refresh_learn()
 
     def _on_inserted(self, event: Any) -> None:
         self._inserted = event.value
