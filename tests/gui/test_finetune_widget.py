@@ -179,17 +179,18 @@ def test_failures_give_one_notification_and_keep_the_selection(
     viewer = make_napari_viewer()
     store, seg, ft = docked(viewer, tiny_model, qtbot)
     before = seg.selected_model()
-    # 1. an empty dataset folder
+    # 1. an empty dataset folder: Start is off, and a forced start is refused at once
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "not a dataset" in ft.add_dataset(empty).problem
+    assert not ft.start_button.isEnabled()
+    assert "not a dataset" in ft.data_summary.text()
     ft.start()
-    wait_finished(qtbot, ft)
     errors = [n for n in notes if n[0] == "error"]
-    assert len(errors) == 1 and "is not a dataset" in errors[0][1], notes
-    assert ft.run.exit_code == 1 and ft.run.done is None
+    assert len(errors) == 1 and "not a dataset" in errors[0][1], notes
+    assert ft.run is None and not ft.is_running()
     assert seg.selected_model() == before and user_models(store) == ["tiny-phantom"]
-    assert not ft.rollback_button.isEnabled() and ft.start_button.isEnabled()
+    assert not ft.rollback_button.isEnabled()
 
     # 2. the process dies (killed, e.g. by the out-of-memory killer) mid-run
     notes.clear()

@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any
 
-from qtpy.QtCore import QProcess, QProcessEnvironment, Qt, QTimer
+from qtpy.QtCore import QProcess, QProcessEnvironment, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -64,6 +64,7 @@ from ..training.finetune_run import (
     summarize_dataset,
     worker_arguments,
 )
+from ._layers import scrolled
 from ._notify import notify_error, notify_info, notify_warning
 from ._plot import TrainingPlot
 
@@ -137,8 +138,13 @@ class FineTuneWidget(QWidget):
     # -- UI ------------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        # Settings, plot and result scroll; Start/Cancel, progress, status and Roll back
+        # stay in view, so the widget works docked under the others on a laptop screen.
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.base_combo = QComboBox()
         self.base_combo.setToolTip("The model version to continue training from")
         self.base_combo.currentIndexChanged.connect(self._on_base_changed)
@@ -215,7 +221,7 @@ class FineTuneWidget(QWidget):
             "the same validation slices (it is registered either way)"
         )
         form.addRow("", self.only_if_better)
-        layout.addLayout(form)
+        body_layout.addLayout(form)
 
         row = QHBoxLayout()
         self.start_button = QPushButton("Start fine-tuning")
@@ -226,18 +232,16 @@ class FineTuneWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         row.addWidget(self.start_button, 1)
         row.addWidget(self.cancel_button)
-        layout.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setFormat("")
-        layout.addWidget(self.progress)
         self.status_label = QLabel("Idle")
         self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
         self.plot = TrainingPlot(self)
         self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        layout.addWidget(self.plot, 1)
+        self.plot.setMinimumHeight(150)
+        body_layout.addWidget(self.plot, 1)
 
         result = QGroupBox("Result")
         box = QVBoxLayout(result)
@@ -245,12 +249,24 @@ class FineTuneWidget(QWidget):
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         box.addWidget(self.result_label)
+        body_layout.addWidget(result)
         self.rollback_button = QPushButton("Roll back")
         self.rollback_button.setEnabled(False)
         self.rollback_button.setToolTip("Select the previous model in the Segment widget again")
         self.rollback_button.clicked.connect(self._on_rollback_clicked)
-        box.addWidget(self.rollback_button)
-        layout.addWidget(result)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(scrolled(body), 1)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.rollback_button)
+
+    def sizeHint(self) -> QSize:
+        """Modest: settings scroll, so the Correct widget above gets the height."""
+        hint = super().sizeHint()
+        return QSize(hint.width(), min(hint.height(), 320))
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -367,8 +383,17 @@ class FineTuneWidget(QWidget):
             self._replay_rotate_k = None
 
     def _update_start_enabled(self) -> None:
-        ready = self.selected_base() is not None and bool(self.datasets())
+        folders = self.datasets()
+        usable = bool(folders) and not any(summarize_dataset(d).problem for d in folders)
+        ready = self.selected_base() is not None and usable
         self.start_button.setEnabled(ready and not self.is_running())
+        self.start_button.setToolTip(
+            ""
+            if ready
+            else "Add a dataset folder written by 'Export for training' (see the line above)"
+            if self.selected_base() is not None
+            else "Choose a base model first"
+        )
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -399,6 +424,10 @@ class FineTuneWidget(QWidget):
         base = self.selected_base()
         if base is None or not self.datasets():
             self._notify_error("Choose a base model and at least one dataset folder first")
+            return
+        bad = [s for s in map(summarize_dataset, self.datasets()) if s.problem]
+        if bad:
+            self._notify_error(f"Cannot fine-tune on {bad[0].text()}; remove it or fix it first")
             return
         if parse_lr(self.lr_combo.currentText()) is None:
             self._notify_error(
