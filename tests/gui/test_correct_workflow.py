@@ -168,7 +168,7 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
 
 def test_compute_lung_mask_for_a_mask_opened_from_a_file(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    image, labels = _open_with_mask(viewer)
+    _open_with_mask(viewer)
     widget = _dock(viewer)
     assert widget.quantification().percent_lungs is None
     assert "No lung mask" in widget.burden_panel.text.text()
@@ -191,7 +191,7 @@ def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer,
     model[:, 60:66, 60:66] = 1  # a "model" lesion with label 1 on every slice...
     model[5:8, 60:66, 60:66] = 0  # ...and an unrelated gap that must stay a gap
     viewer.layers.clear()
-    image, labels = _open_with_mask(viewer, model)
+    _, labels = _open_with_mask(viewer, model)
     widget = _dock(viewer)
     tools = widget.tools_panel
     before = labels.data.copy()
@@ -225,7 +225,9 @@ def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer,
     widget.show_tab("Lesions")
     panel = widget.lesion_panel
     panel.refresh(force=True)
-    panel.table.selectRow(next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130))
+    panel.table.selectRow(
+        next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130)
+    )
     tools.fill_from.setValue(22)
     tools.fill_to.setValue(26)
     kept = labels.data.copy()
@@ -263,7 +265,9 @@ def test_mask_box_follows_the_layer_being_edited(make_napari_viewer, qtbot):
     image, labels = _open_with_mask(viewer)
     widget = _dock(viewer)
     assert widget.labels is labels
-    other = viewer.add_labels(np.zeros_like(labels.data), name="my drawing", **geometry_kwargs(image))
+    other = viewer.add_labels(
+        np.zeros_like(labels.data), name="my drawing", **geometry_kwargs(image)
+    )
     assert widget.labels is labels  # napari selects new layers; that alone does not switch
     with other.block_history():  # ...but painting on it does
         other.paint((10, 100, 100), 1)
@@ -279,7 +283,7 @@ def test_mask_box_follows_the_layer_being_edited(make_napari_viewer, qtbot):
 
 def test_export_again_updates_the_case_or_adds_one_on_request(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
-    image, labels = _open_with_mask(viewer)
+    _, labels = _open_with_mask(viewer)
     answers: list[bool] = []
     asked: list[str] = []
     widget = _dock(viewer, confirm=lambda t, q: asked.append(t) or answers.pop(0))
@@ -393,7 +397,7 @@ def test_lesion_count_of_the_panel_matches_a_full_labelling(make_napari_viewer, 
 
 def test_learn_tab_works_on_the_lesion_mask_being_corrected(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    image, labels = _open_with_mask(viewer)
+    image, _ = _open_with_mask(viewer)
     widget = _dock(viewer)
     widget.show_tab("Learn")
     learn = widget.learn_panel
