@@ -59,6 +59,12 @@ ARMS: dict[str, dict[str, Any]] = {
     "lr3e-4": {"lr": 3e-4},
     "lr3e-5": {"lr": 3e-5},
     "epochs20": {"epochs": 20},
+    "epochs30": {"epochs": 30},
+    "passes1": {"passes": 1},
+    "passes8": {"passes": 8},  # before: a small set resampled to 16 samples per epoch
+    "bn_train_e20": {"freeze_bn": False, "epochs": 20},
+    "l2sp100": {"l2sp": 100.0},
+    "bn_train_l2sp100": {"freeze_bn": False, "l2sp": 100.0},
 }
 
 

@@ -103,9 +103,9 @@ def test_worker_emits_json_lines_and_registers_child(base_and_data, tmp_path):
     events = parse_lines(proc.stdout)  # every stdout line is one JSON object
     kinds = [e["event"] for e in events]
     assert kinds[0] == "loading" and kinds[1] == "start" and kinds[-1] == "done"
-    # 12 slices -> ~10 training slices, resampled to 16 per epoch: 2 batches of 8
-    assert events[1]["samples_per_epoch"] == 16 and events[1]["lr"] == 3e-3
-    assert {e["batches"] for e in events if e["event"] == "batch"} == {2}
+    # 12 slices -> ~10 training slices, resampled to 4 passes = 40 per epoch: 5 batches of 8
+    assert events[1]["samples_per_epoch"] == 40 and events[1]["lr"] == 3e-3
+    assert {e["batches"] for e in events if e["event"] == "batch"} == {5}
     epochs = [e for e in events if e["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:
@@ -333,6 +333,9 @@ def test_slice_counts_and_samples_per_epoch(tmp_path):
     assert worker.samples_per_epoch([data], 0, **kw) is None
     # replay adds 0.3 / 0.7 * 15 = 6 slices: 21 >= 16, one pass is enough
     assert worker.samples_per_epoch([data], 16, **{**kw, "has_replay": True}) is None
+    # a few slices are resampled to several passes per epoch, at most 64 samples
+    assert worker.samples_per_epoch([data], 16, **kw, passes=4) == 60
+    assert worker.samples_per_epoch([data], 16, **kw, passes=5) == 64
 
 
 def test_unexpected_errors_exit_2_with_traceback_and_oom_is_a_user_error(

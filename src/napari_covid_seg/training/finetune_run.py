@@ -23,8 +23,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_EPOCHS = 10
 #: Learning rates offered, the default first (docs/loop_experiment.md).
 LEARNING_RATES: tuple[str, ...] = ("1e-4", "3e-5", "3e-4", "1e-5")
-#: A few corrected slices are resampled (augmented) to this many samples per epoch.
+#: A few corrected slices are resampled (augmented) to PASSES_PER_EPOCH passes per
+#: epoch, between MIN_ and MAX_SAMPLES_PER_EPOCH samples (docs/loop_experiment.md).
 MIN_SAMPLES_PER_EPOCH = 16
+MAX_SAMPLES_PER_EPOCH = 64
+PASSES_PER_EPOCH = 4
 
 
 # -- dataset size without loading it -----------------------------------------------------------
@@ -101,20 +104,30 @@ def samples_per_epoch(
     val_fraction: float,
     replay_fraction: float,
     has_replay: bool,
+    passes: int = 1,
+    maximum: int = MAX_SAMPLES_PER_EPOCH,
 ) -> int | None:
-    """``minimum`` when the (estimated) training set is smaller, else None (one pass).
+    """Samples per epoch for a small training set, else None (one pass).
 
     A handful of corrected slices would otherwise give one optimizer step per
-    epoch; resampling them (with augmentation) to ``minimum`` samples keeps an
-    epoch meaningful. The estimate uses :func:`count_slices` (no data loaded).
+    epoch: they are resampled (with augmentation) to ``passes`` times the
+    corrected training slices, at least ``minimum`` and at most ``maximum``
+    samples, when the (estimated) training set is smaller than that. The
+    estimate uses :func:`count_slices` (no data loaded) and the held-out rule
+    of :func:`~.finetune.holdout_split` (nothing held out below its minimum).
     """
+    from .finetune import MIN_SLICES_FOR_COMPARISON
+
     if minimum <= 0:
         return None
     n_new = sum(count_slices(d)["n_slices"] for d in data_dirs)
-    n_train = max(1, round((1.0 - val_fraction) * n_new))
+    held = 0 if n_new < MIN_SLICES_FOR_COMPARISON else max(1, round(val_fraction * n_new))
+    n_new_train = max(1, n_new - held)
+    n_train = n_new_train
     if has_replay and 0 < replay_fraction < 1:
         n_train += round(replay_fraction / (1.0 - replay_fraction) * n_train)
-    return int(minimum) if n_train < minimum else None
+    target = max(int(minimum), min(int(maximum), int(passes) * n_new_train))
+    return target if n_train < target else None
 
 
 @dataclass

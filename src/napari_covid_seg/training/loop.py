@@ -157,7 +157,7 @@ def trial(
 
     from .config import TrainConfig
     from .finetune import FINETUNE_DEFAULTS, finetune, resolve_policy
-    from .finetune_run import samples_per_epoch
+    from .finetune_run import PASSES_PER_EPOCH, samples_per_epoch
 
     work = Path(workdir)
     data = subset_folder(pool, train_ids, work / "data")
@@ -171,6 +171,7 @@ def trial(
         val_fraction=cfg.val_fraction,
         replay_fraction=policy["replay_fraction"],
         has_replay=replay_dir is not None,
+        passes=int(options.get("passes", PASSES_PER_EPOCH)),
     )
     cfg = cfg.replace(samples_per_epoch=spe, amp=options.get("amp", cfg.amp))
     t0 = time.perf_counter()

@@ -53,7 +53,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .finetune_run import count_slices, samples_per_epoch
+from .finetune_run import (
+    MAX_SAMPLES_PER_EPOCH,
+    PASSES_PER_EPOCH,
+    count_slices,
+    samples_per_epoch,
+)
 
 __all__ = ["count_slices", "main", "run", "samples_per_epoch"]
 
@@ -189,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="resample a small training set to N samples per epoch (0: one pass)",
+    )
+    p.add_argument(
+        "--passes-per-epoch",
+        type=int,
+        default=PASSES_PER_EPOCH,
+        metavar="P",
+        help=f"with --min-samples-per-epoch: a small set is resampled to P passes per epoch "
+        f"(at most {MAX_SAMPLES_PER_EPOCH} samples; default {PASSES_PER_EPOCH})",
     )
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -373,6 +386,7 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
         val_fraction=config.val_fraction,
         replay_fraction=policy["replay_fraction"],
         has_replay=bool(args.replay),
+        passes=args.passes_per_epoch,
     )
     if spe is not None and config.samples_per_epoch is None:
         config = config.replace(samples_per_epoch=spe)
