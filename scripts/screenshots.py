@@ -5,8 +5,13 @@ Run (rerunnable; overwrites the images)::
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--model default]
 
 Uses the synthetic chest CT sample and the bundled default model (or --model
-NAME_OR_PATH). Autosaves go to a temporary folder, so nothing in your user
-data folder is touched.
+NAME_OR_PATH) in a 1366 x 768 window (a laptop screen). Writes
+``segment_widget.png``, ``correct_widget.png`` (live burden and the Tools tab
+after a HU-limited stroke), ``correct_lungs.png`` (the lung mask shown and
+being corrected), ``correct_save.png`` (Save and export) and
+``docks_laptop.png`` (Segment, Correct and Fine-tune docked together).
+Autosaves go to a temporary folder, so nothing in your user data folder is
+touched.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "docs" / "images"
-WINDOW = (1600, 1000)
+WINDOW = (1366, 768)
 
 
 def wait(app, condition, timeout_s: float = 600.0) -> None:
@@ -44,6 +49,13 @@ def busiest_slice(mask: np.ndarray) -> int:
 
 def show_slice(viewer, layer, z: int) -> None:
     viewer.dims.set_point(0, float(layer.data_to_world((z, 0, 0))[0]))
+
+
+def shot(viewer, app, path: Path) -> None:
+    """Screenshot of the whole window (widgets included)."""
+    wait(app, lambda: True)
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,13 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     print(f"wrote {path}")
 
-    # 2. Correct lesions: lesion list, review queue, HU-limited brush stroke.
-    seg_dock.close()
+    # 2. Correct lesions: live burden, review queue, HU-limited brush stroke (Tools tab).
+    seg_dock.hide()
     _, correct = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Correct lesions")
     wait(app, lambda: correct.labels is labels)
     correct.review_panel.next()
     correct.review_panel.mark_reviewed()
     correct.review_panel.mark_reviewed()
+    correct.show_tab("Lesions")
+    correct.lesion_panel.refresh()
     correct.lesion_panel.table.selectRow(0)
     correct.lesion_panel.jump_to_row(0)
     # Threshold paint: a brush stroke along the lower border of the largest lesion
@@ -113,12 +127,32 @@ def main(argv: list[str] | None = None) -> None:
                 labels.paint((z, int(rows.max()) + 3, x), 1, refresh=False)
     labels.refresh()
     viewer.scene.camera.zoom *= 1.6
-    correct.lesion_panel.refresh()
+    tools.margin.setValue(1.0)
+    tools.grow()  # 1 mm < one 1.4 mm voxel: the panel says why nothing changed
+    correct.show_tab("Tools")
     viewer.layers.selection.active = labels
-    wait(app, lambda: True)
-    path = args.out / "correct_widget.png"
-    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
-    print(f"wrote {path}")
+    shot(viewer, app, args.out / "correct_widget.png")
+
+    # 3. The lung mask: shown, and being corrected with the same tools.
+    correct.show_tab("Lungs")
+    correct.show_lungs(True)
+    correct.edit_lungs(True)
+    viewer.reset_view()
+    shot(viewer, app, args.out / "correct_lungs.png")
+    correct.edit_lungs(False)
+
+    # 4. Save and export (a real save into a temporary folder, for the status line).
+    correct.show_tab("Save")
+    saved = Path(os.environ["NAPARI_COVID_SEG_HOME"]) / "sample_ct_lesions.nii.gz"
+    correct.save_nifti(str(saved))
+    correct.export_panel.folder.setText(str(Path.home() / "covid" / "Dataset501_Lesions"))
+    shot(viewer, app, args.out / "correct_save.png")
+
+    # 5. All three widgets docked together on a laptop screen.
+    seg_dock.show()
+    viewer.window.add_plugin_dock_widget("napari-covid-seg", "Fine-tune model")
+    correct.show_tab("Tools")
+    shot(viewer, app, args.out / "docks_laptop.png")
     viewer.close()
 
 
