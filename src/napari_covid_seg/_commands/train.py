@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
         help="corrected dataset folder (repeatable)",
     )
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-5)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
     p.add_argument(
         "--replay",
         action="append",
@@ -78,7 +78,7 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="earlier training data to mix in (repeatable)",
     )
-    p.add_argument("--replay-fraction", type=float, default=0.3)
+    p.add_argument("--replay-fraction", type=float, default=None, help="default 0.3")
     p.add_argument("--config", default=None, help="optional YAML with fine-tuning settings")
     p.add_argument("--name", default=None, help="store name of the new version")
     p.add_argument("--out", default=None, metavar="DIR")
@@ -319,8 +319,27 @@ def _print_result(result: Any) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     try:
-        from ..training.finetune import finetune
+        from ..training.config import TrainConfig, load_config
+        from ..training.finetune import FINETUNE_DEFAULTS, finetune, resolve_policy
+        from ..training.finetune_run import (
+            MIN_SAMPLES_PER_EPOCH,
+            PASSES_PER_EPOCH,
+            samples_per_epoch,
+        )
 
+        config = load_config(args.config) if args.config else TrainConfig(**FINETUNE_DEFAULTS)
+        if config.samples_per_epoch is None:  # a few slices: several passes per epoch
+            spe = samples_per_epoch(
+                args.data,
+                MIN_SAMPLES_PER_EPOCH,
+                val_fraction=config.val_fraction,
+                replay_fraction=resolve_policy(replay_fraction=args.replay_fraction)[
+                    "replay_fraction"
+                ],
+                has_replay=bool(args.replay),
+                passes=PASSES_PER_EPOCH,
+            )
+            config = config.replace(samples_per_epoch=spe)
         result = finetune(
             args.base,
             args.data,
@@ -328,7 +347,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             lr=args.lr,
             replay_dirs=args.replay,
             replay_fraction=args.replay_fraction,
-            config=args.config,
+            config=config,
             name=args.name,
             out_dir=args.out,
             device=args.device,
