@@ -228,7 +228,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summarize(runs),
         "runs": runs,
         "machine": machine(args),
+        "code": code_state(),
     }
+
+
+def code_state() -> dict[str, Any]:
+    """The commit measured and the tracked files that differed from it (a shared tree)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("diff", "--name-only").split()}
 
 
 def _defaults() -> dict[str, Any]:

@@ -103,9 +103,9 @@ def test_worker_emits_json_lines_and_registers_child(base_and_data, tmp_path):
     events = parse_lines(proc.stdout)  # every stdout line is one JSON object
     kinds = [e["event"] for e in events]
     assert kinds[0] == "loading" and kinds[1] == "start" and kinds[-1] == "done"
-    # 12 slices -> ~10 training slices, resampled to 4 passes = 40 per epoch: 5 batches of 8
-    assert events[1]["samples_per_epoch"] == 40 and events[1]["lr"] == 3e-3
-    assert {e["batches"] for e in events if e["event"] == "batch"} == {5}
+    # 12 slices -> ~10 training slices, resampled to 8 passes (at most 64) per epoch: 8 batches
+    assert events[1]["samples_per_epoch"] == 64 and events[1]["lr"] == 3e-3
+    assert {e["batches"] for e in events if e["event"] == "batch"} == {8}
     epochs = [e for e in events if e["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     for e in epochs:

@@ -27,7 +27,7 @@ LEARNING_RATES: tuple[str, ...] = ("1e-4", "3e-5", "3e-4", "1e-5")
 #: epoch, between MIN_ and MAX_SAMPLES_PER_EPOCH samples (docs/loop_experiment.md).
 MIN_SAMPLES_PER_EPOCH = 16
 MAX_SAMPLES_PER_EPOCH = 64
-PASSES_PER_EPOCH = 4
+PASSES_PER_EPOCH = 8
 
 
 # -- dataset size without loading it -----------------------------------------------------------
