@@ -726,6 +726,7 @@ def iter_segment(
             spec=spec,
             threshold=air_cut,
             lungs_plausible=check is not None and check.plausible,
+            intensity=vol.intensity,
         )
         fill = fill_value(spec, vol.intensity)
 
@@ -832,6 +833,7 @@ def iter_segment(
                     spacing_c,
                     image=canon,
                     bone_threshold=hu_to_intensity(BONE_HU - 10.0, vol.intensity),
+                    air_threshold=air_cut,
                     # a lungs ROI is symmetric about the body's midline
                     midline=(roi.x0 + roi.x1) / 2.0
                     if roi is not None and roi.source == "lungs"

@@ -14,7 +14,7 @@ MAX_CONFIDENT_LOSS = 0.5
 #: Bone (ribs, spine) for the rib cage, HU.
 BONE_HU = 150.0
 #: Inside the rib cage, predictions this close to aerated lung are lung (consolidation), mm.
-CHEST_WALL_MM = 30.0
+CHEST_WALL_MM = 50.0
 
 
 def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -77,6 +77,7 @@ def restrict_to_lungs_checked(
     *,
     image: np.ndarray | None = None,
     bone_threshold: float = BONE_HU,
+    air_threshold: float = -320.0,
     margin_mm: float = LUNG_MARGIN_MM,
     wall_mm: float = CHEST_WALL_MM,
     midline: float | None = None,
@@ -85,7 +86,7 @@ def restrict_to_lungs_checked(
 
     "Inside" is the lungs' per-slice convex hull dilated by ``margin_mm``,
     plus, when ``image`` is given, whatever lies inside the rib cage (the
-    convex hull of bone) within ``wall_mm`` of the aerated lung: dense
+    convex hull of the body's bone) within ``wall_mm`` of the aerated lung: dense
     consolidation and effusion-adjacent lesions along the chest wall are not
     air, yet they are lung. Nothing is removed when that would cost more
     than half of the model's confident voxels (p >= 0.8) in the thorax the
@@ -100,7 +101,8 @@ def restrict_to_lungs_checked(
         lungs: lung labels, same shape.
         spacing: ``(S, P, L)`` voxel size in mm.
         image: the intensities, same shape (for the rib cage), or None.
-        bone_threshold: bone in the image's units (150 HU by default).
+        bone_threshold, air_threshold: bone and air in the image's units (150
+            and -320 HU by default).
         midline: the body's midline as a (fractional) column index of axis 2;
             None: the middle of the lungs' right-left extent.
     Returns:
@@ -131,7 +133,8 @@ def restrict_to_lungs_checked(
         lo = lungs[i, ::g, ::g]
         inside, thorax = _slice_regions(
             lo,
-            None if image is None else image[i, ::g, ::g] >= bone_threshold,
+            None if image is None else image[i, ::g, ::g],
+            (air_threshold, bone_threshold),
             mid,
             near,
         )
@@ -160,15 +163,21 @@ def restrict_to_lungs_checked(
 
 
 def _slice_regions(
-    lungs: np.ndarray, bone: np.ndarray | None, midline: float | None, near: tuple[int, ...]
+    lungs: np.ndarray,
+    image: np.ndarray | None,
+    cuts: tuple[float, float],
+    midline: float | None,
+    near: tuple[int, ...],
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(inside, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
 
-    inside: the convex hull of each lung, plus what the rib cage holds within
+    inside: the convex hull of each lung, plus what the rib cage (the convex
+    hull of the bone in the patient's body, not the table's) holds within
     ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
     image about ``midline``, dilated by ``near`` (where a missed lung would be).
+    ``cuts``: the air and bone thresholds in the image's units.
     """
-    from .lungs import LEFT_LUNG, RIGHT_LUNG, convex_hull
+    from .lungs import LEFT_LUNG, RIGHT_LUNG, convex_hull, outside_air
 
     labels, lungs = lungs, lungs > 0
     if not lungs.any():
@@ -177,8 +186,12 @@ def _slice_regions(
     for label in (RIGHT_LUNG, LEFT_LUNG):  # one hull per lung, not over the mediastinum
         inside |= convex_hull(labels == label)
     near_lung = ndimage.maximum_filter(lungs, size=near)
-    if bone is not None:
-        inside |= convex_hull(bone) & near_lung
+    if image is not None:
+        # The body: what is not outside air and is connected to the lungs (not the
+        # table or the arms, across an air gap); its bone is the rib cage.
+        parts, _ = ndimage.label(~outside_air((image < cuts[0])[None])[0])
+        body = np.isin(parts, np.unique(parts[lungs])) & (parts > 0)
+        inside |= convex_hull((image >= cuts[1]) & body) & near_lung
     both = lungs.copy()
     if midline is not None:
         width = lungs.shape[1]

@@ -82,11 +82,13 @@ def image_roi(height: int, width: int) -> Roi:
     return box_to_square(0, height, 0, width, 0.0, "image")
 
 
-def body_roi(canon: np.ndarray, threshold: float, margin: float) -> Roi:
-    """ROI around everything that is not outside air (body, and the table), else the image.
+def body_roi(canon: np.ndarray, threshold: float, margin: float, intensity: str = "hu") -> Roi:
+    """ROI around the patient (the large regions that are not outside air), else the image.
 
     On a tight crop that is the whole slice; on a scanner's field of view the
-    patient (see :func:`.lungs.outside_air`).
+    patient without the table (see :func:`.lungs.outside_air`). When the
+    "outside air" is not air (median above -975 HU: lungs filling a crop),
+    the whole slice.
     """
     from .lungs import outside_air
 
@@ -94,8 +96,22 @@ def body_roi(canon: np.ndarray, threshold: float, margin: float) -> Roi:
     g = max(1, -(-max(n_p, n_l) // 128))
     small = np.asarray(canon)[..., ::g, ::g]
     small = small if small.ndim == 3 else small[None]
-    inside = ~outside_air(small < threshold)
-    roi = roi_from_mask(inside, 0.0, "body")
+    from scipy import ndimage
+
+    from .lungs import hu_to_intensity
+
+    outside = outside_air(small < threshold)
+    if outside.any() and np.median(small[outside]) > hu_to_intensity(-975.0, intensity):
+        # "outside air" that is not air (lungs filling a crop): no body to find
+        return image_roi(n_p, n_l)
+    parts, n = ndimage.label(~outside)
+    rim = np.concatenate([outside[:, 0].ravel(), outside[:, -1].ravel(), outside[:, :, 0].ravel()])
+    if n > 1 and rim.mean() > 0.4:
+        # a field of view: the patient, not the table or loose objects across an air gap
+        sizes = np.bincount(parts.ravel())
+        sizes[0] = 0
+        parts = np.isin(parts, np.flatnonzero(sizes >= 0.25 * sizes.max()))
+    roi = roi_from_mask(parts > 0, 0.0, "body")
     if roi is None:
         return image_roi(n_p, n_l)
     y0, y1 = max(0, roi.y0) * g, min(n_p, roi.y1 * g)
@@ -170,7 +186,14 @@ def roi_for_canonical(
         gas_median=None if intensity == WINDOWED else GAS_MEDIAN_HU,
     )
     check = check_lungs(lungs, spacing)
-    return choose_roi(canon, lungs, spec=spec, threshold=thr, lungs_plausible=check.plausible)
+    return choose_roi(
+        canon,
+        lungs,
+        spec=spec,
+        threshold=thr,
+        lungs_plausible=check.plausible,
+        intensity=intensity,
+    )
 
 
 def choose_roi(
@@ -180,6 +203,7 @@ def choose_roi(
     spec: dict,
     threshold: float,
     lungs_plausible: bool = True,
+    intensity: str = "hu",
 ) -> Roi:
     """The ROI of a canonical ``(S, P, L)`` volume under a policy ``spec``.
 
@@ -199,7 +223,7 @@ def choose_roi(
                 half = max(mid - x0, x1 - mid)
                 x0, x1 = int(np.floor(mid - half)), int(np.ceil(mid + half))
             return box_to_square(int(rows[0]), int(rows[-1]) + 1, x0, x1, margin, "lungs")
-    return body_roi(canon, threshold, margin)
+    return body_roi(canon, threshold, margin, intensity)
 
 
 def _body_midline(canon: np.ndarray, threshold: float) -> float | None:

@@ -12,8 +12,8 @@ the path a user runs:
   columns patient right -> left, the radiological view) as a one-slice
   ``Volume`` whose affine says exactly that (LPS storage, mm spacing);
 * variants (numpy in, numpy out, seeded): :func:`embed_full_field` (the crop
-  inside a body outline with fat, skin, a table and air around it, the lungs
-  filling ~60 % of the width), :func:`sharp_noisy` (a sharper reconstruction
+  in a scanner's field of view: air around the body, a skin line, a table;
+  the chest filling ~60 % of the width), :func:`sharp_noisy` (a sharper reconstruction
   kernel with noise), :func:`thick_blur` (partial volume of thick slices).
 """
 
@@ -64,29 +64,31 @@ def slice_volume(
 def embed_full_field(
     hu: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, fill: float = 0.6
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The crop inside a scanner's field of view: body outline, fat, skin, table, air.
+    """The crop inside a scanner's field of view: air around the body, skin, a table.
 
     The canvas is square and about ``max(H, W) / fill`` wide, so the crop (the
     chest) fills ``fill`` of it, as the lungs do in a 512 x 512 scanner image.
-    Returns ``(hu, mask)`` on the canvas (int16, uint8).
+    Everything outside the crop is air (-1000 HU with noise), except a 3 px
+    skin line around the crop (40 HU: a crop that cuts through a lung must
+    not open it to the outside air) and a curved table band under the
+    patient, separated by an air gap. Returns ``(hu, mask)`` on
+    the canvas (int16, uint8).
     """
     h, w = hu.shape
     side = int(np.ceil(max(h, w) / fill))
     side += side % 2
-    cy, cx = side / 2.0, side / 2.0
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
-    # Body: an ellipse enclosing the crop's corners, then 8 mm of subcutaneous fat and skin.
-    ry, rx = 0.72 * h + 8, 0.72 * w + 8
-    r = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
     canvas = rng.normal(-1000.0, 12.0, (side, side)).astype(np.float32)
-    canvas[r <= 1.0] = rng.normal(-95.0, 15.0, int(np.count_nonzero(r <= 1.0)))
-    skin = (r <= 1.0) & (r > 0.96)
+    y0, x0 = round(side / 2.0 - h / 2.0), round(side / 2.0 - w / 2.0)
+    body = np.zeros((side, side), dtype=bool)
+    body[y0 : y0 + h, x0 : x0 + w] = True
+    skin = ndimage.binary_dilation(body, iterations=3) & ~body
     canvas[skin] = 40.0
-    # Table: a curved bright band below the body, separated by an air gap.
-    table_top = cy + ry + 0.04 * side
-    band = (yy > table_top) & (yy < table_top + 0.025 * side)
-    canvas[band & (np.abs(xx - cx) < 0.45 * side)] = 250.0
-    y0, x0 = round(cy - h / 2.0), round(cx - w / 2.0)
+    rows = np.flatnonzero(body.any(axis=1))
+    table_top = (rows[-1] if len(rows) else y0 + h) + 0.03 * side
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    sag = 0.04 * side * ((xx - side / 2.0) / (0.45 * side)) ** 2  # curved upwards at the sides
+    band = (yy > table_top - sag) & (yy < table_top - sag + 0.025 * side)
+    canvas[band & (np.abs(xx - side / 2.0) < 0.45 * side)] = 250.0
     canvas[y0 : y0 + h, x0 : x0 + w] = hu
     out_mask = np.zeros((side, side), dtype=np.uint8)
     out_mask[y0 : y0 + h, x0 : x0 + w] = mask
