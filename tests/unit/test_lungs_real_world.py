@@ -303,3 +303,29 @@ def test_real_covid_crops_lung_roi_keeps_the_lesions():
 
 def test_lung_mask_canonical_on_an_empty_slice():
     assert lung_mask_canonical(np.full((1, 32, 32), 40, np.int16)).sum() == 0
+
+
+def test_clutter_is_the_table_and_arms_never_the_chest(phantom):
+    from napari_covid_seg.inference.roi import clutter_mask
+
+    img, truth = phantom
+    pad = ((0, 0), (0, 12), (20, 20))  # room for arms beside the chest and a table below
+    data = np.pad(img.data, pad, constant_values=-1000)
+    lungs = np.pad(truth.extra["lungs"], pad)
+    n, h, w = data.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    table = np.zeros((h, w), bool)
+    table[h - 6 : h - 2, 10 : w - 10] = True
+    arm = ((xx - 8) ** 2 / 5**2 + (yy - h // 2) ** 2 / 14**2 <= 1) | (
+        (xx - (w - 9)) ** 2 / 5**2 + (yy - h // 2) ** 2 / 14**2 <= 1
+    )
+    body = data > -320
+    data[:, table] = 300
+    data[:, arm] = 40
+    clutter = clutter_mask(data, lungs, -320.0)
+    assert clutter[:, table].all() and clutter[:, arm].all()
+    assert not (clutter & body).any()
+    # a slice without lungs keeps its largest region (the body), drops the rest
+    no_lungs = np.zeros_like(lungs)
+    c2 = clutter_mask(data, no_lungs, -320.0)
+    assert c2[:, table].all() and not (c2 & body).any()

@@ -469,6 +469,7 @@ class _BatchRunner:
         max_batch: int,
         roi: Roi | None = None,
         fill: float = -1000.0,
+        clutter: np.ndarray | None = None,
     ) -> None:
         import torch
 
@@ -476,6 +477,7 @@ class _BatchRunner:
         self.canon = canon
         self.roi = roi
         self.fill = fill
+        self.clutter = clutter
         self.intensity = intensity
         self.logit_threshold = _logit(threshold)
         self.prob_float = prob_dtype == "float16"
@@ -515,6 +517,10 @@ class _BatchRunner:
         """Start batch ``canon[start:start+count]``; results arrive via :meth:`collect`."""
         torch = self._torch
         block = self.canon[start : start + count]
+        if self.clutter is not None:  # table, arms: shown to the model as air
+            block = np.where(self.clutter[start : start + count], self.fill, block).astype(
+                block.dtype, copy=False
+            )
         if self.pipelined:
             slot = self._k % 2
             buf = self._buffers(slot)
@@ -693,7 +699,7 @@ def iter_segment(
     # array. A model with a lung-ROI policy needs it first (the ROI); otherwise on a GPU
     # it runs in a thread beside the model (scipy releases the GIL).
     from .lungs import air_threshold, check_lungs
-    from .roi import choose_roi, fill_value, roi_spec
+    from .roi import choose_roi, clutter_mask, fill_value, roi_spec
 
     spec = roi_spec(predictor.preprocessing)
     spacing_c = tuple(float(vol.spacing[a]) for a in r.axes)
@@ -718,6 +724,7 @@ def iter_segment(
     check = None
     roi = None
     fill = -1000.0
+    clutter: np.ndarray | None = None
     if spec is not None:
         check = check_lungs(lungs_c, spacing_c) if lungs_c is not None else None  # type: ignore[arg-type]
         roi = choose_roi(
@@ -729,6 +736,8 @@ def iter_segment(
             intensity=vol.intensity,
         )
         fill = fill_value(spec, vol.intensity)
+        if spec.get("clear_clutter"):
+            clutter = clutter_mask(canon, lungs_c, air_cut)
 
     if batch_size == "auto" or batch_size is None:
         batch = auto_batch_size(predictor.device, mh, mw, predictor.autocast, native_hw=(h, w))
@@ -749,6 +758,7 @@ def iter_segment(
             max_batch=batch,
             roi=roi,
             fill=fill,
+            clutter=clutter,
         )
 
     def write(p: _Pending) -> None:

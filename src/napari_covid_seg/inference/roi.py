@@ -10,7 +10,10 @@ behaviour (whole slice resized to the input size).
 
 Coordinates are canonical in-plane indices ``(P, L)`` = (rows, columns) of the
 ``(S, P, L)`` array; a box may extend past the image, where it is filled
-with air (-1000 HU, or its value in a 0..255 lung-windowed image).
+with air (-1000 HU, or its value in a 0..255 lung-windowed image). With
+``clear_clutter`` the table, the arms and other tissue not connected to the
+chest are shown as air too (:func:`clutter_mask`): the crops the model was
+trained on never contain them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from typing import Any
 import numpy as np
 
 #: The policy new model versions are trained and run with.
-DEFAULT_ROI: dict[str, Any] = {"mode": "lungs", "margin": 0.08, "fill_hu": -1000.0}
+DEFAULT_ROI: dict[str, Any] = {
+    "mode": "lungs",
+    "margin": 0.08,
+    "fill_hu": -1000.0,
+    "clear_clutter": True,
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,51 @@ def body_roi(canon: np.ndarray, threshold: float, margin: float, intensity: str 
     return box_to_square(y0, y1, x0, x1, margin, "body")
 
 
+def clutter_mask(canon: np.ndarray, lungs: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Tissue that is not the patient's chest: the table, arms, loose objects (bool ``(S, P, L)``).
+
+    Per axial slice, on a grid at most ~256 px a side: tissue regions (at or
+    above the air cut ``threshold``) that neither touch the lungs, nor are the
+    slice's largest region, nor lie inside those. Training crops never show
+    a table or arms; the model sees them as air (set to the ROI's fill value),
+    as it saw the padding around its crops. Regions touching the lungs (chest wall,
+    mediastinum, a piece of chest wall cut off by a crop) always stay.
+    """
+    from scipy import ndimage
+
+    from .lungs import _IN_PLANE
+
+    n_p, n_l = canon.shape[-2:]
+    g = max(1, round(min(n_p, n_l) / 256))
+    tissue = np.asarray(canon)[:, ::g, ::g] >= threshold
+    parts, n = ndimage.label(tissue, structure=_IN_PLANE)
+    if n == 0:
+        return np.zeros(canon.shape, dtype=bool)
+    keep = np.zeros(n + 1, dtype=bool)
+    if lungs is not None:
+        near = ndimage.binary_dilation(np.asarray(lungs)[:, ::g, ::g] > 0, structure=_IN_PLANE)
+        keep[np.unique(parts[near & tissue])] = True
+    sizes = np.bincount(parts.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    top = np.maximum.accumulate(parts.reshape(len(parts), -1).max(axis=1))
+    slice_of = np.searchsorted(top, np.arange(n + 1), side="left")
+    best = np.zeros(len(parts), dtype=np.int64)
+    for k in np.argsort(sizes)[::-1]:  # largest region of each slice
+        if k and sizes[k] and best[slice_of[k]] == 0:
+            best[slice_of[k]] = k
+    keep[best[best > 0]] = True
+    keep[0] = False
+    # Whatever the kept regions enclose (the mediastinum inside the lungs) is chest too.
+    kept = np.pad(keep[parts], ((1, 1), (0, 0), (0, 0)))
+    enclosed = ndimage.binary_fill_holes(kept, structure=_IN_PLANE)[1:-1]
+    keep[np.unique(parts[enclosed])] = True
+    low = ~keep[parts] & (parts > 0)
+    if g == 1:
+        return low
+    up = np.repeat(np.repeat(low, g, axis=1), g, axis=2)
+    return np.ascontiguousarray(up[:, :n_p, :n_l])
+
+
 def fill_value(spec: dict, intensity: str) -> float:
     """The pad value in the image's units (HU, or 0..255 lung-windowed)."""
     from .lungs import hu_to_intensity
@@ -168,12 +221,17 @@ def paste_tensor(y: Any, roi: Roi, height: int, width: int, background: float) -
 
 
 def roi_for_canonical(
-    canon: np.ndarray, intensity: str, spacing: tuple[float, float, float], spec: dict
+    canon: np.ndarray,
+    intensity: str,
+    spacing: tuple[float, float, float],
+    spec: dict,
+    clutter_out: list | None = None,
 ) -> Roi:
     """Lung mask, plausibility check and ROI of a canonical ``(S, P, L)`` image in one call.
 
     What training and fine-tuning use; the engine runs the same steps itself
-    because it keeps the lung mask.
+    because it keeps the lung mask. With a list as ``clutter_out`` and the
+    policy's ``clear_clutter``, the :func:`clutter_mask` is appended to it.
     """
     from ..io.volume import WINDOWED
     from .lungs import GAS_MEDIAN_HU, air_threshold, check_lungs, lung_mask_canonical
@@ -186,7 +244,7 @@ def roi_for_canonical(
         gas_median=None if intensity == WINDOWED else GAS_MEDIAN_HU,
     )
     check = check_lungs(lungs, spacing)
-    return choose_roi(
+    roi = choose_roi(
         canon,
         lungs,
         spec=spec,
@@ -194,6 +252,9 @@ def roi_for_canonical(
         lungs_plausible=check.plausible,
         intensity=intensity,
     )
+    if clutter_out is not None and spec.get("clear_clutter"):
+        clutter_out.append(clutter_mask(canon, lungs, thr))
+    return roi
 
 
 def choose_roi(

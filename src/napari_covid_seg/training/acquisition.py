@@ -29,6 +29,10 @@ from ..io.volume import HU, Volume
 #: In-plane spacing assumed for the public crops (mm; ~350 mm field of view at 512 px).
 CROP_SPACING_MM = 0.7
 SLICE_THICKNESS_MM = 5.0
+#: Lowest value the variants write: the bottom of the lung window, not the usual -1024,
+#: because slices mapped from 0..255 put aerated lung near -1100 and a variant must
+#: change the acquisition, not the slice's intensities.
+HU_MIN = -1350
 
 
 def windowed_to_hu(v: np.ndarray) -> np.ndarray:
@@ -92,7 +96,7 @@ def embed_full_field(
     canvas[y0 : y0 + h, x0 : x0 + w] = hu
     out_mask = np.zeros((side, side), dtype=np.uint8)
     out_mask[y0 : y0 + h, x0 : x0 + w] = mask
-    return np.clip(np.rint(canvas), -1024, 3071).astype(np.int16), out_mask
+    return np.clip(np.rint(canvas), HU_MIN, 3071).astype(np.int16), out_mask
 
 
 def sharp_noisy(
@@ -102,14 +106,14 @@ def sharp_noisy(
     x = hu.astype(np.float32)
     blurred = ndimage.gaussian_filter(x, 1.5)
     x = x + amount * (x - blurred) + rng.normal(0.0, noise_hu, x.shape).astype(np.float32)
-    return np.clip(np.rint(x), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(x), HU_MIN, 3071).astype(np.int16)
 
 
 def thick_blur(hu: np.ndarray, rng: np.random.Generator, *, sigma: float = 1.5) -> np.ndarray:
     """Partial-volume blur of a thick slice (Gaussian, ``sigma`` px; int16 HU)."""
     del rng
     x = ndimage.gaussian_filter(hu.astype(np.float32), sigma)
-    return np.clip(np.rint(x), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(x), HU_MIN, 3071).astype(np.int16)
 
 
 Variant = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]

@@ -255,15 +255,22 @@ def load_slice_folder(
 
 
 def _volume_roi(
-    canon: np.ndarray, intensity: str, spacing: tuple[float, ...], roi: dict | None
+    canon: np.ndarray,
+    intensity: str,
+    spacing: tuple[float, ...],
+    roi: dict | None,
+    clutter_out: list | None = None,
 ) -> Any:
-    """The ROI of a canonical volume under policy ``roi`` (None: no ROI)."""
+    """The ROI of a canonical volume under policy ``roi`` (None: no ROI).
+
+    ``clutter_out``: receives the table/arms mask when the policy clears them.
+    """
     from ..inference.roi import roi_for_canonical, roi_spec
 
     spec = roi_spec({"roi": roi})
     if spec is None:
         return None
-    return roi_for_canonical(canon, intensity, spacing, spec)  # type: ignore[arg-type]
+    return roi_for_canonical(canon, intensity, spacing, spec, clutter_out)  # type: ignore[arg-type]
 
 
 def _apply_roi(
@@ -278,13 +285,16 @@ def _apply_roi(
     from .acquisition import CROP_SPACING_MM, SLICE_THICKNESS_MM, windowed_to_hu
 
     spacing = (SLICE_THICKNESS_MM, CROP_SPACING_MM, CROP_SPACING_MM)
-    box = _volume_roi(windowed_to_hu(img), "hu", spacing, roi)
+    clutter: list = []
+    box = _volume_roi(windowed_to_hu(img), "hu", spacing, roi, clutter)
     if box is None:
         return img, msk
     from ..inference.roi import crop_pad, fill_value
 
-    spec = {"fill_hu": -1000.0, **(roi or {})}
-    return crop_pad(img, box, fill_value(spec, intensity)), crop_pad(msk, box, 0)
+    fill = fill_value({"fill_hu": -1000.0, **(roi or {})}, intensity)
+    if clutter:
+        img = np.where(clutter[0], np.asarray(fill, dtype=img.dtype), img)
+    return crop_pad(img, box, fill), crop_pad(msk, box, 0)
 
 
 # -- nnU-Net v2 raw ------------------------------------------------------------------------------
@@ -428,12 +438,16 @@ def load_nnunet_dataset(
             natives += [np.ascontiguousarray(c_lab[c]) for c in canon]
         spacing_c = tuple(float(image.spacing[a]) for a in r.axes)
         # The ROI comes from the whole volume, like inference; then the picked slices.
-        roi_box = _volume_roi(c_img, image.intensity, spacing_c, roi)
+        clutter: list = []
+        roi_box = _volume_roi(c_img, image.intensity, spacing_c, roi, clutter)
         sel_img, sel_lab = c_img[canon], c_lab[canon]
         if roi_box is not None:
             from ..inference.roi import crop_pad, fill_value
 
-            sel_img = crop_pad(sel_img, roi_box, fill_value(roi, image.intensity))  # type: ignore[arg-type]
+            fill = fill_value({"fill_hu": -1000.0, **(roi or {})}, image.intensity)
+            if clutter:  # the table and arms are air, as in inference
+                sel_img = np.where(clutter[0][canon], np.asarray(fill, sel_img.dtype), sel_img)
+            sel_img = crop_pad(sel_img, roi_box, fill)
             sel_lab = crop_pad(sel_lab, roi_box, 0)
         x = normalize(sel_img, intensity=image.intensity, window=window)
         imgs.append(resize_stack(x, input_size).astype(np.float16))
