@@ -61,7 +61,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "epochs20": {"epochs": 20},
     "epochs30": {"epochs": 30},
     "passes1": {"passes": 1},
-    "passes8": {"passes": 8},  # before: a small set resampled to 16 samples per epoch
+    "passes8": {"passes": 8},
+    "min_replay0": {"min_replay": 0},
+    "min_replay16": {"min_replay": 16},  # before: a small set resampled to 16 samples per epoch
     "bn_train_e20": {"freeze_bn": False, "epochs": 20},
     "l2sp100": {"l2sp": 100.0},
     "bn_train_l2sp100": {"freeze_bn": False, "l2sp": 100.0},

@@ -141,6 +141,9 @@ def test_run_state_and_event_texts():
     args = fr.worker_arguments("m", ["/d"], epochs=3, lr="1e-4", device="cpu", replay="/d")
     assert "--replay" not in args and args[:3] == ["--base", "m", "--stdin-control"]
     assert fr.parse_lr("x") is None and fr.parse_lr("2") is None and fr.parse_lr("1e-4") == 1e-4
+    assert fr.parse_lr("auto") == 0.0
+    auto = fr.worker_arguments("m", ["/d"], epochs=3, lr="auto", device="cpu")
+    assert "--lr" not in auto
 
 
 def test_finetune_freezes_bn_holds_out_and_compares(tmp_path):

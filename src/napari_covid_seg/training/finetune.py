@@ -64,6 +64,8 @@ POLICY_DEFAULTS: dict[str, Any] = {
     "train": "all",  # "all" | "decoder" (decoder, gates and head; the encoder frozen)
     "l2sp": 1.0,  # pull toward the base weights: w -= lr * l2sp * (w - w_base) per step
     "replay_fraction": 0.3,
+    "min_replay": 8,  # at least this many replay slices: one corrected slice cannot dominate
+    "few_slices_lr": 3e-5,  # lr when fewer than MIN_SLICES_FOR_COMPARISON slices are trained on
 }
 TRAIN_PARTS: tuple[str, ...] = ("all", "decoder")
 #: Fewer corrected slices than this: train on all of them, no comparison, no switch.
@@ -274,13 +276,14 @@ def mix_replay(
     seed: int,
     *,
     split: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
+    min_replay: int = 0,
 ) -> tuple[SliceDataset, tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
     """Concatenate new data and a seeded replay sample; hold out new slices only.
 
     ``split`` is the new data's ``(train, held_out, record)`` (default:
     :func:`holdout_split` without content keys). ``replay_fraction`` is the
     share of replay slices in the training set:
-    ``n_replay = round(F / (1 - F) * n_new_train)`` (at most all of them).
+    ``n_replay = max(min_replay, round(F / (1 - F) * n_new_train))`` (at most all of them).
     """
     train_new, val_new, record = split or holdout_split(new, val_fraction, seed)
     if replay is None or len(replay) == 0 or replay_fraction <= 0:
@@ -289,7 +292,7 @@ def mix_replay(
     if not 0 < replay_fraction < 1:
         raise DatasetError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
     want = round(replay_fraction / (1.0 - replay_fraction) * len(train_new))
-    n_rep = int(min(len(replay), max(1, want)))
+    n_rep = int(min(len(replay), max(1, int(min_replay), want)))
     rng = np.random.default_rng(seed + 1)
     pick = np.sort(rng.choice(len(replay), size=n_rep, replace=False))
     rep = replay.subset(pick)
@@ -322,6 +325,7 @@ def finetune(
     freeze_bn: bool | None = None,
     train: str | None = None,
     l2sp: float | None = None,
+    min_replay: int | None = None,
     compare: bool = True,
     store: Any = None,
     register: bool = True,
@@ -336,14 +340,16 @@ def finetune(
         base: a store name (``"default"``, ``"my-model"``) or a version folder/file.
         data_dirs: dataset folder(s) with the corrected data.
         epochs, lr, patience, seed: override the fine-tuning defaults
-            (:data:`FINETUNE_DEFAULTS`, or ``config``'s values).
+            (:data:`FINETUNE_DEFAULTS`, or ``config``'s values). Without ``lr``,
+            fewer than :data:`MIN_SLICES_FOR_COMPARISON` training slices use
+            ``POLICY_DEFAULTS["few_slices_lr"]``.
         replay_dirs: earlier training data to mix in (e.g. the base's data).
         replay_fraction: share of replay slices in the training set.
         config: a TrainConfig or YAML path used instead of the defaults
             (its model settings are ignored: the base's architecture is kept).
         name: store name of the child (default ``<base name>-ft``).
         rotate_k / replay_rotate_k: ``np.rot90`` k for 2D-slice folders.
-        freeze_bn, train, l2sp: how the base adapts (:data:`POLICY_DEFAULTS`).
+        freeze_bn, train, l2sp, min_replay: how the base adapts (:data:`POLICY_DEFAULTS`).
         compare: score base and child on the held-out slices (``result.comparison``).
         progress, should_stop: callbacks (see :class:`~.trainer.Trainer`).
         return_result: return the full :class:`TrainResult` instead of the ModelInfo.
@@ -365,7 +371,11 @@ def finetune(
     else:
         cfg = TrainConfig(**FINETUNE_DEFAULTS)
     policy = resolve_policy(
-        freeze_bn=freeze_bn, train=train, l2sp=l2sp, replay_fraction=replay_fraction
+        freeze_bn=freeze_bn,
+        train=train,
+        l2sp=l2sp,
+        replay_fraction=replay_fraction,
+        min_replay=min_replay,
     )
     input_size = int(mv.preprocessing.get("input_size", cfg.input_size))
     # Fine-tuning follows the base version's ROI policy (None for versions before it).
@@ -405,8 +415,18 @@ def finetune(
         )
     keys, spacing = case_keys(list(roots))
     split_new = holdout_split(new, cfg.val_fraction, cfg.split_seed, keys=keys, spacing_mm=spacing)
+    n_new_train = len(split_new[0])
+    if lr is None and n_new_train < MIN_SLICES_FOR_COMPARISON:
+        # One or a few slices: a lower rate (k = 1 lost 0.02 Dice at 1e-4, nothing at 3e-5).
+        cfg = cfg.replace(lr=float(policy["few_slices_lr"]))
     data, split = mix_replay(
-        new, replay, policy["replay_fraction"], cfg.val_fraction, cfg.split_seed, split=split_new
+        new,
+        replay,
+        policy["replay_fraction"],
+        cfg.val_fraction,
+        cfg.split_seed,
+        split=split_new,
+        min_replay=int(policy["min_replay"]),
     )
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg.name)
     provenance = {
@@ -420,6 +440,7 @@ def finetune(
             "freeze_bn": policy["freeze_bn"],
             "train": policy["train"],
             "l2sp": policy["l2sp"],
+            "min_replay": policy["min_replay"],
         },
     }
     result = fit_model(

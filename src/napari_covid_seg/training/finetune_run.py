@@ -22,7 +22,8 @@ from typing import Any
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_EPOCHS = 10
 #: Learning rates offered, the default first (docs/loop_experiment.md).
-LEARNING_RATES: tuple[str, ...] = ("1e-4", "3e-5", "3e-4", "1e-5")
+#: "auto": 1e-4, or 3e-5 with fewer than 5 corrected slices (training.finetune).
+LEARNING_RATES: tuple[str, ...] = ("auto", "1e-4", "3e-5", "3e-4", "1e-5")
 #: A few corrected slices are resampled (augmented) to PASSES_PER_EPOCH passes per
 #: epoch, between MIN_ and MAX_SAMPLES_PER_EPOCH samples (docs/loop_experiment.md).
 MIN_SAMPLES_PER_EPOCH = 16
@@ -375,7 +376,9 @@ def worker_arguments(
     args = ["--base", base, "--stdin-control"]
     for folder in datasets:
         args += ["--data", folder]
-    args += ["--epochs", str(epochs), "--lr", lr.strip()]
+    args += ["--epochs", str(epochs)]
+    if lr.strip().lower() != "auto":
+        args += ["--lr", lr.strip()]
     args += ["--min-samples-per-epoch", str(MIN_SAMPLES_PER_EPOCH), "--device", device]
     if replay and not any(same_path(replay, d) for d in datasets):
         args += ["--replay", replay]
@@ -387,7 +390,9 @@ def worker_arguments(
 
 
 def parse_lr(text: str) -> float | None:
-    """A learning rate in (0, 1) from the user's text, else None."""
+    """A learning rate in (0, 1) from the user's text (``"auto"``: 0, the default), else None."""
+    if text.strip().lower() == "auto":
+        return 0.0
     try:
         lr = float(text)
     except ValueError:

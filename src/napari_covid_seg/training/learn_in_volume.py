@@ -194,7 +194,9 @@ def iter_learn(
             list(replay_dirs), input_size=size, rotate_k=replay_rotate_k or 0, roi=roi
         )
     split = (np.arange(len(data)), np.zeros(0, dtype=np.int64), {"by": "none", "val_ids": []})
-    data, split = mix_replay(data, replay, pol["replay_fraction"], 0.0, seed, split=split)
+    data, split = mix_replay(
+        data, replay, pol["replay_fraction"], 0.0, seed, split=split, min_replay=pol["min_replay"]
+    )
     n_train = len(split[0])
     spe = LEARN_DEFAULTS["min_samples_per_epoch"]
     cfg = TrainConfig(**FINETUNE_DEFAULTS).replace(

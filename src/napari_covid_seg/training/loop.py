@@ -163,7 +163,10 @@ def trial(
     data = subset_folder(pool, train_ids, work / "data")
     cfg = TrainConfig(**FINETUNE_DEFAULTS)
     policy = resolve_policy(
-        **{k: options.get(k) for k in ("freeze_bn", "train", "l2sp", "replay_fraction")}
+        **{
+            k: options.get(k)
+            for k in ("freeze_bn", "train", "l2sp", "replay_fraction", "min_replay")
+        }
     )
     spe = samples_per_epoch(
         [data],
@@ -190,7 +193,7 @@ def trial(
         register=False,
         store=store,
         return_result=True,
-        **{k: policy[k] for k in ("freeze_bn", "train", "l2sp", "replay_fraction")},
+        **{k: policy[k] for k in ("freeze_bn", "train", "l2sp", "replay_fraction", "min_replay")},
     )
     seconds = time.perf_counter() - t0
     return {

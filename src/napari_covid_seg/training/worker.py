@@ -410,7 +410,7 @@ def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], stop:
                 {
                     "base": base_name,
                     "name": name,
-                    "lr": args.lr if args.lr is not None else config.lr,
+                    "lr": args.lr if args.lr is not None else "auto",
                     "samples_per_epoch": config.samples_per_epoch,
                 }
             )
