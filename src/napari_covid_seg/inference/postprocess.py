@@ -15,6 +15,10 @@ MAX_CONFIDENT_LOSS = 0.5
 BONE_HU = 150.0
 #: Inside the rib cage, predictions this close to aerated lung are lung (consolidation), mm.
 CHEST_WALL_MM = 50.0
+#: Each lung's outline is closed with a disk this wide (subpleural bands, fissures), mm.
+LUNG_CLOSING_MM = 15.0
+#: Bone this close to the chest the lungs imply is rib (farther: scapula, arm), mm.
+RIB_MM = 12.0
 
 
 def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -122,6 +126,7 @@ def restrict_to_lungs_checked(
     sp = tuple(float(s) * g for s in spacing[1:])
     size = tuple(2 * int(margin_mm / max(float(s), 1e-6) + 1e-6) + 1 for s in spacing[1:])
     near = tuple(2 * int(wall_mm / max(s, 1e-6) + 1e-6) + 1 for s in sp)
+    rib = tuple(2 * int(RIB_MM / max(s, 1e-6) + 1e-6) + 1 for s in sp)
     cut = CONFIDENT * 255.0 if probability.dtype == np.uint8 else CONFIDENT
     cols = np.flatnonzero(lungs.any(axis=(0, 1)))
     mid = None
@@ -137,6 +142,8 @@ def restrict_to_lungs_checked(
             (air_threshold, bone_threshold),
             mid,
             near,
+            rib,
+            round(LUNG_CLOSING_MM / min(sp)),
         )
         inside, thorax = _up(inside, g, h, w), _up(thorax, g, h, w)
         if margin_mm > 0:
@@ -168,12 +175,16 @@ def _slice_regions(
     cuts: tuple[float, float],
     midline: float | None,
     near: tuple[int, ...],
+    rib: tuple[int, ...] = (3, 3),
+    close_px: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(inside, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
 
-    inside: the convex hull of each lung, plus what the rib cage (the convex
-    hull of the bone in the patient's body, not the table's) holds within
-    ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
+    inside: each lung closed with a ``close_px`` disk (not its convex hull, which
+    would take in the spleen under a lung base's crescent), plus what the rib cage (the convex
+    hull of the bone in the patient's body within ``rib`` of the chest the
+    lungs imply: ribs, spine, sternum; not the table, scapulae or arms)
+    holds within ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
     image about ``midline``, dilated by ``near`` (where a missed lung would be).
     ``cuts``: the air and bone thresholds in the image's units.
     """
@@ -183,22 +194,30 @@ def _slice_regions(
     if not lungs.any():
         return np.zeros_like(lungs), np.zeros_like(lungs)
     inside = lungs.copy()
-    for label in (RIGHT_LUNG, LEFT_LUNG):  # one hull per lung, not over the mediastinum
-        inside |= convex_hull(labels == label)
+    r = max(1, close_px)
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    disk = yy**2 + xx**2 <= r * r
+    for label in (RIGHT_LUNG, LEFT_LUNG):  # per lung, never across the mediastinum
+        region = np.pad(labels == label, r + 1)
+        if region.any():
+            closed = ndimage.binary_closing(region, structure=disk)
+            inside |= closed[r + 1 : -r - 1, r + 1 : -r - 1]
     near_lung = ndimage.maximum_filter(lungs, size=near)
-    if image is not None:
-        # The body: what is not outside air and is connected to the lungs (not the
-        # table or the arms, across an air gap); its bone is the rib cage.
-        parts, _ = ndimage.label(~outside_air((image < cuts[0])[None])[0])
-        body = np.isin(parts, np.unique(parts[lungs])) & (parts > 0)
-        inside |= convex_hull((image >= cuts[1]) & body) & near_lung
     both = lungs.copy()
     if midline is not None:
         width = lungs.shape[1]
         src = np.rint(2.0 * midline - 1.0 - np.arange(width)).astype(int)
         ok = (src >= 0) & (src < width)
         both[:, ok] |= lungs[:, src[ok]]
-    thorax = ndimage.maximum_filter(convex_hull(both) | both, size=near)
+    chest = convex_hull(both) | both
+    if image is not None:
+        # The rib cage: bone in the body (not the table), within a rib's width of
+        # the chest the lungs imply (not the scapulae or the arms' bones).
+        parts, _ = ndimage.label(~outside_air((image < cuts[0])[None])[0])
+        body = np.isin(parts, np.unique(parts[lungs])) & (parts > 0)
+        ribs = (image >= cuts[1]) & body & ndimage.maximum_filter(chest, size=rib)
+        inside |= convex_hull(ribs) & near_lung
+    thorax = ndimage.maximum_filter(chest, size=near)
     return inside, thorax
 
 
