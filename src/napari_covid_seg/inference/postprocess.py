@@ -15,8 +15,6 @@ MAX_CONFIDENT_LOSS = 0.5
 BONE_HU = 150.0
 #: Inside the rib cage, predictions this close to aerated lung are lung (consolidation), mm.
 CHEST_WALL_MM = 50.0
-#: Each lung's outline is closed with a disk this wide (subpleural bands, fissures), mm.
-LUNG_CLOSING_MM = 15.0
 #: Bone this close to the chest the lungs imply is rib (farther: scapula, arm), mm.
 RIB_MM = 12.0
 
@@ -143,7 +141,6 @@ def restrict_to_lungs_checked(
             mid,
             near,
             rib,
-            round(LUNG_CLOSING_MM / min(sp)),
         )
         inside, thorax = _up(inside, g, h, w), _up(thorax, g, h, w)
         if margin_mm > 0:
@@ -176,12 +173,10 @@ def _slice_regions(
     midline: float | None,
     near: tuple[int, ...],
     rib: tuple[int, ...] = (3, 3),
-    close_px: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(inside, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
 
-    inside: each lung closed with a ``close_px`` disk (not its convex hull, which
-    would take in the spleen under a lung base's crescent), plus what the rib cage (the convex
+    inside: the convex hull of each lung, plus what the rib cage (the convex
     hull of the bone in the patient's body within ``rib`` of the chest the
     lungs imply: ribs, spine, sternum; not the table, scapulae or arms)
     holds within ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
@@ -194,14 +189,8 @@ def _slice_regions(
     if not lungs.any():
         return np.zeros_like(lungs), np.zeros_like(lungs)
     inside = lungs.copy()
-    r = max(1, close_px)
-    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
-    disk = yy**2 + xx**2 <= r * r
-    for label in (RIGHT_LUNG, LEFT_LUNG):  # per lung, never across the mediastinum
-        region = np.pad(labels == label, r + 1)
-        if region.any():
-            closed = ndimage.binary_closing(region, structure=disk)
-            inside |= closed[r + 1 : -r - 1, r + 1 : -r - 1]
+    for label in (RIGHT_LUNG, LEFT_LUNG):  # one hull per lung, not over the mediastinum
+        inside |= convex_hull(labels == label)
     near_lung = ndimage.maximum_filter(lungs, size=near)
     both = lungs.copy()
     if midline is not None:
