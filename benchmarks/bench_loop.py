@@ -119,7 +119,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ks_in = [int(k) for k in args.ks_in.split(",") if k]
     runs: list[dict[str, Any]] = []
     sources: dict[str, Any] = {}
-    options = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    options: dict[str, Any] = {
+        k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None
+    }
+    replay = _replay(base, data)  # loaded once: the same for every trial
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         clean_eval = loop.labelled_cases(data, val_ids, "tight_crop", seed=args.seed)
         base_clean = loop.score(base["path"], clean_eval, device=args.device)
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             replay_rotate_k=-1,
                             seed=args.seed + rep,
                             device=args.device,
+                            replay_data=replay,
                             **{**ARMS[arm], **options},
                         )
                         child = loop.pooled(r.pop("counts"), val_ids)
@@ -192,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             replay_rotate_k=-1,
                             seed=args.seed + rep,
                             device=args.device,
+                            replay_data=replay,
                             **{**ARMS[arm], **options},
                         )
                         child = loop.pooled(r.pop("counts"), rest)
@@ -247,6 +252,17 @@ def code_state() -> dict[str, Any]:
             return ""
 
     return {"commit": git("rev-parse", "HEAD"), "modified": git("diff", "--name-only").split()}
+
+
+def _replay(base: dict[str, Any], data: Path) -> Any:
+    """The base's training folder loaded as fine-tuning loads replay (its size and ROI)."""
+    from napari_covid_seg.models.metadata import read_model_json
+    from napari_covid_seg.training.datasets import load_datasets
+
+    pre = read_model_json(Path(base["path"])).get("preprocessing") or {}
+    return load_datasets(
+        [data], input_size=int(pre.get("input_size", 256)), rotate_k=-1, roi=pre.get("roi")
+    )
 
 
 def _defaults() -> dict[str, Any]:

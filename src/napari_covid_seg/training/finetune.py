@@ -326,6 +326,7 @@ def finetune(
     train: str | None = None,
     l2sp: float | None = None,
     min_replay: int | None = None,
+    replay_data: SliceDataset | None = None,
     compare: bool = True,
     store: Any = None,
     register: bool = True,
@@ -345,6 +346,7 @@ def finetune(
             ``POLICY_DEFAULTS["few_slices_lr"]``.
         replay_dirs: earlier training data to mix in (e.g. the base's data).
         replay_fraction: share of replay slices in the training set.
+        replay_data: ``replay_dirs`` already loaded (same input size and ROI policy).
         config: a TrainConfig or YAML path used instead of the defaults
             (its model settings are ignored: the base's architecture is kept).
         name: store name of the child (default ``<base name>-ft``).
@@ -404,8 +406,8 @@ def finetune(
         lesion_labels=cfg.lesion_labels,
         roi=cfg.roi,
     )
-    replay = None
-    if replay_dirs:
+    replay = replay_data  # preloaded by a caller that fine-tunes many times (benchmarks)
+    if replay is None and replay_dirs:
         replay = load_datasets(
             list(replay_dirs),
             input_size=input_size,

@@ -193,6 +193,7 @@ def trial(
         register=False,
         store=store,
         return_result=True,
+        replay_data=options.get("replay_data"),
         **{k: policy[k] for k in ("freeze_bn", "train", "l2sp", "replay_fraction", "min_replay")},
     )
     seconds = time.perf_counter() - t0
