@@ -16,7 +16,7 @@ BONE_HU = 150.0
 #: Inside the rib cage, predictions this close to aerated lung are lung (consolidation), mm.
 CHEST_WALL_MM = 50.0
 #: Bone this close to the chest the lungs imply is rib (farther: scapula, arm), mm.
-RIB_MM = 12.0
+RIB_MM = 25.0
 
 
 def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
