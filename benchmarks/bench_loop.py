@@ -123,15 +123,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None
     }
     replay = _replay(base, data)  # loaded once: the same for every trial
+    t_start_ = t_start
+
+    def report() -> dict[str, Any]:
+        return {
+            "benchmark": "loop",
+            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "command": "python benchmarks/bench_loop.py " + " ".join(args.argv),
+            "seconds": round(time.perf_counter() - t_start_, 1),
+            "base": base,
+            "settings": {
+                "arms": {a: ARMS[a] for a in arms},
+                "ks": ks,
+                "ks_in": ks_in,
+                "repeats": args.repeats,
+                "repeats_done": len({r["repeat"] for r in runs}),
+                "seed": args.seed,
+                "overrides": options,
+                "defaults": _defaults(),
+            },
+            "sources": sources,
+            "summary": summarize(runs),
+            "runs": runs,
+            "machine": machine(args),
+            "code": code_state(),
+        }
+
+    def partial() -> None:  # after every trial: an interrupted run keeps what it measured
+        if args.partial:
+            from napari_covid_seg.io.atomic import atomic_write_text
+            from napari_covid_seg.models.metadata import dumps
+
+            atomic_write_text(args.partial, dumps(report()) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         clean_eval = loop.labelled_cases(data, val_ids, "tight_crop", seed=args.seed)
         base_clean = loop.score(base["path"], clean_eval, device=args.device)
+        shifted: dict[str, tuple[Any, list, dict]] = {}
         for variant in [v for v in args.variants.split(",") if v]:
             pool_cases = loop.labelled_cases(data, train_ids, variant, seed=args.seed)
             pool = loop.write_cases(Path(tmp) / variant / "pool", pool_cases)
             eval_cases = loop.labelled_cases(data, val_ids, variant, seed=args.seed)
-            base_counts = loop.score(base["path"], eval_cases, device=args.device)
-            b = loop.pooled(base_counts, val_ids)
+            b = loop.pooled(loop.score(base["path"], eval_cases, device=args.device), val_ids)
             clean = loop.pooled(base_clean, val_ids)
             sources[variant] = {
                 "base_clean": clean,
@@ -140,18 +173,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "n_pool": len(train_ids),
                 "n_eval": len(val_ids),
             }
+            shifted[variant] = (pool, eval_cases, b)
             _log(args, f"{variant}: base {clean['dice']:.3f} clean -> {b['dice']:.3f} shifted")
-            for rep in range(args.repeats):
-                order = list(np.random.default_rng([args.seed, rep]).permutation(train_ids))
+        in_pool = loop.write_cases(Path(tmp) / "in" / "pool", clean_eval) if ks_in else None
+        for rep in range(args.repeats):  # repeats outermost: a stopped run has whole repeats
+            order = list(np.random.default_rng([args.seed, rep]).permutation(train_ids))
+            for variant, (pool, eval_cases, b) in shifted.items():
                 for k in ks:
                     for arm in arms:
-                        work = Path(tmp) / variant / f"r{rep}-k{k}-{arm}"
                         r = loop.trial(
                             base["path"],
                             pool,
                             order[:k],
                             eval_cases,
-                            workdir=work,
+                            workdir=Path(tmp) / variant / f"r{rep}-k{k}-{arm}",
                             replay_dir=data,
                             replay_rotate_k=-1,
                             seed=args.seed + rep,
@@ -176,67 +211,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 **r,
                             }
                         )
+                        partial()
                         _log(args, f"{variant} r{rep} k={k} {arm}: {delta:+.3f} ({r['seconds']} s)")
-        if ks_in:
-            pool = loop.write_cases(Path(tmp) / "in" / "pool", clean_eval)
-            for rep in range(args.repeats):
-                order = list(np.random.default_rng([args.seed, 100 + rep]).permutation(val_ids))
-                for k in ks_in:
-                    rest = order[k:]
-                    ev = [c for c in clean_eval if c[0] in set(rest)]
-                    b = loop.pooled(base_clean, rest)
-                    for arm in arms:
-                        r = loop.trial(
-                            base["path"],
-                            pool,
-                            order[:k],
-                            ev,
-                            workdir=Path(tmp) / "in" / f"r{rep}-k{k}-{arm}",
-                            replay_dir=data,
-                            replay_rotate_k=-1,
-                            seed=args.seed + rep,
-                            device=args.device,
-                            replay_data=replay,
-                            **{**ARMS[arm], **options},
-                        )
-                        child = loop.pooled(r.pop("counts"), rest)
-                        runs.append(
-                            {
-                                "source": "in_distribution",
-                                "arm": arm,
-                                "k": k,
-                                "repeat": rep,
-                                "base_dice": b["dice"],
-                                "dice": child["dice"],
-                                "dice_mean": child["dice_mean"],
-                                "delta_dice": child["dice"] - b["dice"],
-                                "recovered": None,
-                                "n_eval": len(rest),
-                                **r,
-                            }
-                        )
-                        _log(args, f"in r{rep} k={k} {arm}: {child['dice'] - b['dice']:+.3f}")
-    return {
-        "benchmark": "loop",
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "command": "python benchmarks/bench_loop.py " + " ".join(args.argv),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "base": base,
-        "settings": {
-            "arms": {a: ARMS[a] for a in arms},
-            "ks": ks,
-            "ks_in": ks_in,
-            "repeats": args.repeats,
-            "seed": args.seed,
-            "overrides": options,
-            "defaults": _defaults(),
-        },
-        "sources": sources,
-        "summary": summarize(runs),
-        "runs": runs,
-        "machine": machine(args),
-        "code": code_state(),
-    }
+            order_in = list(np.random.default_rng([args.seed, 100 + rep]).permutation(val_ids))
+            for k in ks_in:
+                rest = order_in[k:]
+                ev = [c for c in clean_eval if c[0] in set(rest)]
+                b = loop.pooled(base_clean, rest)
+                for arm in arms:
+                    r = loop.trial(
+                        base["path"],
+                        in_pool,
+                        order_in[:k],
+                        ev,
+                        workdir=Path(tmp) / "in" / f"r{rep}-k{k}-{arm}",
+                        replay_dir=data,
+                        replay_rotate_k=-1,
+                        seed=args.seed + rep,
+                        device=args.device,
+                        replay_data=replay,
+                        **{**ARMS[arm], **options},
+                    )
+                    child = loop.pooled(r.pop("counts"), rest)
+                    runs.append(
+                        {
+                            "source": "in_distribution",
+                            "arm": arm,
+                            "k": k,
+                            "repeat": rep,
+                            "base_dice": b["dice"],
+                            "dice": child["dice"],
+                            "dice_mean": child["dice_mean"],
+                            "delta_dice": child["dice"] - b["dice"],
+                            "recovered": None,
+                            "n_eval": len(rest),
+                            **r,
+                        }
+                    )
+                    partial()
+                    _log(args, f"in r{rep} k={k} {arm}: {child['dice'] - b['dice']:+.3f}")
+    return report()
 
 
 def code_state() -> dict[str, Any]:
@@ -466,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=str(REPO / "docs" / "images" / "loop_experiment.png"))
     p.add_argument("--md", default=str(REPO / "docs" / "loop_experiment.md"))
     p.add_argument("--no-write", action="store_true", help="print the JSON only (and --json)")
+    p.add_argument(
+        "--partial", default=None, metavar="PATH", help="rewrite the report here after every trial"
+    )
     p.add_argument("--from-json", default=None, metavar="PATH", help="redraw plot and tables")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     return p
