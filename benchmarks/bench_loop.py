@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = base_split(args.base)
+    # A private copy: the model measured cannot change under a long run (a shared tree).
+    import shutil
+
+    snapshot = Path(tempfile.mkdtemp(prefix="bench-loop-base-")) / Path(base["path"]).name
+    shutil.copytree(base["path"], snapshot)
+    base["source_path"], base["path"] = base["path"], str(snapshot)
     data = Path(args.data)
     all_ids = sorted(p.stem for p in (data / "images").iterdir())
     val_ids = [i for i in base["val_ids"] if i in all_ids]
