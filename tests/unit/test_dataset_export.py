@@ -1,4 +1,5 @@
-"""Export for training: nnU-Net v2 raw layout, exact geometry, appending, no silent overwrite."""
+"""Export for training: nnU-Net v2 raw layout, exact geometry, appending, updating a case,
+no silent overwrite, reviewed slices in the file's own voxel axes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 
 from napari_covid_seg.errors import DatasetError, GeometryMismatchError
 from napari_covid_seg.io import read_volume, write_volume
-from napari_covid_seg.io.dataset_export import export_case, image_path, label_path
+from napari_covid_seg.io.dataset_export import (
+    LABELS,
+    export_case,
+    find_case,
+    image_path,
+    label_path,
+)
 from napari_covid_seg.io.phantom import make_phantom
 
 
@@ -49,12 +56,13 @@ def test_export_writes_nnunet_case_with_source_geometry(tmp_path, phantom):
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["numTraining"] == 1
     assert meta["channel_names"] == {"0": "CT"}
-    assert meta["labels"] == {"background": 0, "lesion": 1}
+    assert meta["labels"] == LABELS
     assert meta["file_ending"] == ".nii.gz"
     reviewed = json.loads((root / "reviewed.json").read_text())
     entry = reviewed["patient_01"]
     assert entry["reviewed_slices"] is None
-    assert entry["axial_axis"] == image.reorientation.axial_axis
+    assert entry["slice_axis"] == 2 - image.reorientation.axial_axis  # nibabel's axis order
+    assert "axial_axis" not in entry
     assert entry["provenance"]["model_version"] == "tiny"
     assert entry["provenance"]["voxels_added"] == 5
     assert entry["provenance"]["lesion_voxels"] == int(np.count_nonzero(truth.data))
@@ -119,3 +127,48 @@ def test_exported_dataset_loads_in_trainer_reader(tmp_path, phantom):
     # The reviewed slices of case b carry the truth's lesions.
     masks_b = ds.masks[[i for i, c in enumerate(ds.case_ids) if c == "b"]]
     assert masks_b.reshape(2, -1).any(axis=1).all()
+
+
+def test_reviewed_slices_index_the_files_own_voxel_axis(tmp_path, phantom):
+    """A nibabel reader takes reviewed.json at its word: slice k along slice_axis."""
+    image, truth = phantom
+    root = tmp_path / "ds"
+    lesion_z = [int(z) for z in np.flatnonzero(truth.data.any(axis=(1, 2)))[:2]]
+    export_case(root, image, truth.data, case_id="c", reviewed_slices=lesion_z)
+    entry = json.loads((root / "reviewed.json").read_text())["c"]
+    on_disk = np.asarray(nib.load(str(label_path(root, "c"))).dataobj)
+    axis = entry["slice_axis"]
+    assert on_disk.shape[axis] == truth.data.shape[image.reorientation.axial_axis]
+    for k in entry["reviewed_slices"]:
+        # the reader's (z, y, x) is the file's (k, j, i): slice k of the file, transposed
+        expected = (truth.data[k] > 0).astype(np.uint8).T
+        np.testing.assert_array_equal(np.take(on_disk, k, axis=axis), expected)
+
+
+def test_update_replaces_a_case_and_find_case_recognises_the_image(tmp_path, phantom):
+    image, truth = phantom
+    src = tmp_path / "scan_9.nii.gz"
+    write_volume(src, image.data, image)
+    vol = read_volume(src)
+    root = tmp_path / "ds"
+    assert find_case(root, src) is None
+    case = export_case(root, vol, truth.data, image_fingerprint="ab12")
+    assert find_case(root, src) == case == "scan_9"
+    assert find_case(root, None, "ab12") == case
+    assert find_case(root, tmp_path / "other.nii.gz", "ffff") is None
+    edited = truth.data.copy()
+    edited[edited.shape[0] // 2, :8, :8] = 1
+    again = export_case(root, vol, edited, case_id=case, overwrite=True, reviewed_slices=[3])
+    assert again == case
+    assert list_labels(root) == ["scan_9.nii.gz"]  # updated, not a second copy
+    back = read_volume(label_path(root, case), as_mask=True).data
+    np.testing.assert_array_equal(back[3], (edited[3] > 0).astype(np.uint8))
+    entry = json.loads((root / "reviewed.json").read_text())[case]
+    assert entry["reviewed_slices"] == [3]
+    assert entry["provenance"]["updates"] == 1
+    assert json.loads((root / "dataset.json").read_text())["numTraining"] == 1
+    assert not (root / ".export-staging").exists()
+
+
+def list_labels(root) -> list[str]:
+    return sorted(p.name for p in (root / "labelsTr").iterdir())

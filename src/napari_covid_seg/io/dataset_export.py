@@ -5,15 +5,22 @@ Layout (what :func:`napari_covid_seg.training.datasets.load_nnunet_dataset` read
     DATASET/
       dataset.json                 channel_names, labels, numTraining, file_ending, ...
       imagesTr/<case>_0000.nii.gz  CT (HU, or 0..255 if the source was windowed), source geometry
-      labelsTr/<case>.nii.gz       uint8 mask {0, 1}, same geometry
-      reviewed.json                {"<case>": {"reviewed_slices": [z, ...] | null,
-                                               "axial_axis": int, "provenance": {...}}}
+      labelsTr/<case>.nii.gz       uint8 mask {0, 1; 2 = ignore on unreviewed slices}, same geometry
+      reviewed.json                {"<case>": {"reviewed_slices": [k, ...] | null,
+                                               "slice_axis": int, "provenance": {...}}}
 
-Every file is written atomically (temp file in the same folder, then
-``os.replace``); a case whose label cannot be written leaves no image behind.
-An existing case is never overwritten silently: an explicit ``case_id`` that
-exists raises :class:`~napari_covid_seg.errors.DatasetError`, an automatic one
-gets a numeric suffix. numpy/nibabel only (no torch, no Qt).
+``reviewed.json`` speaks the files' own voxel axes: ``slice_axis`` is the axis
+of the NIfTI voxel array (as ``nibabel.load(...).dataobj`` has it) along which
+``reviewed_slices`` index the axial slices, e.g. ``2`` for a scan stored
+slice by slice (``data[:, :, k]``).
+
+Both files of a case are written to a staging folder and then renamed into
+place, so a failed export leaves no half case and an update replaces the image
+and the mask together. A case is never overwritten silently: an existing
+``case_id`` raises :class:`~napari_covid_seg.errors.DatasetError` unless
+``overwrite=True``; :func:`find_case` finds the case an image was exported as
+before (same source file, or same voxels), so the Correct widget can offer to
+update it instead of adding a copy. numpy/nibabel only (no torch, no Qt).
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ from .volume import Volume
 
 FILE_ENDING = ".nii.gz"
 CHANNEL_NAMES = {"0": "CT"}
-LABELS = {"background": 0, "lesion": 1}
+#: nnU-Net v2 ignore label: voxels of slices nobody reviewed are not ground truth.
+IGNORE_LABEL = 2
+LABELS = {"background": 0, "lesion": 1, "ignore": IGNORE_LABEL}
+#: Exports before the ignore label; still appended to (dataset.json is upgraded).
+LEGACY_LABELS = {"background": 0, "lesion": 1}
 REVIEWED_FILE = "reviewed.json"
 DATASET_FILE = "dataset.json"
+STAGING_DIR = ".export-staging"
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -67,21 +79,27 @@ def sanitize_case_id(text: str) -> str:
     return cleaned or "case"
 
 
-def _case_exists(dataset_dir: Path, case_id: str) -> bool:
+def case_exists(dataset_dir: str | os.PathLike, case_id: str) -> bool:
+    """Whether the dataset holds an image or a label file of ``case_id``."""
     return image_path(dataset_dir, case_id).exists() or label_path(dataset_dir, case_id).exists()
 
 
-def _pick_case_id(dataset_dir: Path, case_id: str | None, image: Volume) -> str:
+_case_exists = case_exists
+
+
+def _pick_case_id(
+    dataset_dir: Path, case_id: str | None, image: Volume, overwrite: bool = False
+) -> str:
     if case_id is not None:
         if not _CASE_RE.match(str(case_id)):
             raise DatasetError(
                 f"case id {case_id!r} is not valid: use letters, digits, '_' and '-' only "
                 "(at most 64 characters), e.g. 'patient_017'"
             )
-        if _case_exists(dataset_dir, case_id):
+        if _case_exists(dataset_dir, case_id) and not overwrite:
             raise DatasetError(
                 f"case {case_id!r} already exists in {dataset_dir}; choose another case id "
-                "(nothing was overwritten)"
+                "or update the case (nothing was overwritten)"
             )
         return str(case_id)
     base = sanitize_case_id(stem(image.source_path)) if image.source_path else "case"
@@ -111,11 +129,59 @@ def _check_dataset_json(meta: dict[str, Any], path: Path) -> None:
     ending = meta.get("file_ending", FILE_ENDING)
     labels = meta.get("labels", LABELS)
     channels = meta.get("channel_names", CHANNEL_NAMES)
-    if ending != FILE_ENDING or labels != LABELS or len(channels) != 1:
+    if ending != FILE_ENDING or labels not in (LABELS, LEGACY_LABELS) or len(channels) != 1:
         raise DatasetError(
             f"{path} describes another kind of dataset (file_ending {ending!r}, labels "
             f"{labels}, {len(channels)} channel(s)); export into a new, empty folder"
         )
+
+
+def find_case(
+    dataset_dir: str | os.PathLike,
+    source_path: str | os.PathLike | None = None,
+    image_fingerprint: str | None = None,
+) -> str | None:
+    """The case an image was exported as before, or None.
+
+    Matches ``reviewed.json`` provenance: the same source file (resolved path) or
+    the same ``image_fingerprint`` (voxels and affine, see
+    :func:`~napari_covid_seg.correction.fingerprint`). Only cases whose files
+    still exist count; the most recent export wins.
+    """
+    root = Path(dataset_dir)
+    try:
+        entries = _read_json(root / REVIEWED_FILE)
+    except DatasetError:
+        return None
+    wanted = _resolved(source_path) if source_path else None
+    found: list[tuple[str, str]] = []
+    for case, entry in entries.items():
+        prov = entry.get("provenance") if isinstance(entry, dict) else None
+        if not isinstance(prov, dict) or not _case_exists(root, case):
+            continue
+        same_file = (
+            wanted is not None
+            and prov.get("source_image")
+            and (_resolved(prov["source_image"]) == wanted)
+        )
+        same_voxels = image_fingerprint is not None and prov.get("image_fingerprint") == (
+            image_fingerprint
+        )
+        if same_file or same_voxels:
+            found.append((str(prov.get("exported_at") or ""), case))
+    return max(found)[1] if found else None
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, ValueError):
+        return str(path)
+
+
+def file_axis(napari_axis: int, ndim: int = 3) -> int:
+    """The NIfTI voxel axis of a napari ``(z, y, x)`` axis (the reader transposes)."""
+    return ndim - 1 - int(napari_axis)
 
 
 def _reviewed_list(reviewed_slices: Iterable[int] | None, n_axial: int) -> list[int] | None:
@@ -150,6 +216,18 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _with_ignore(mask: np.ndarray, reviewed: list[int] | None, axial_axis: int) -> np.ndarray:
+    """uint8 labels: 1 = lesion, 0 = background, IGNORE_LABEL on unreviewed axial slices."""
+    out = (mask != 0).astype(np.uint8)
+    if reviewed is not None:
+        unreviewed = np.ones(out.shape[axial_axis], dtype=bool)
+        unreviewed[reviewed] = False
+        index = [slice(None)] * out.ndim
+        index[axial_axis] = np.flatnonzero(unreviewed)
+        out[tuple(index)] = IGNORE_LABEL
+    return out
+
+
 def export_case(
     dataset_dir: str | os.PathLike,
     image: Volume,
@@ -160,6 +238,8 @@ def export_case(
     *,
     name: str | None = None,
     description: str = "Lesion masks corrected in napari-covid-seg",
+    overwrite: bool = False,
+    image_fingerprint: str | None = None,
 ) -> str:
     """Add ``image`` and its lesion ``mask`` to an nnU-Net v2 raw dataset; return the case id.
 
@@ -167,16 +247,22 @@ def export_case(
         dataset_dir: dataset folder (created if needed; an existing dataset is appended to).
         image: the CT :class:`Volume` (its affine and header are reused for both files).
         mask: ``(z, y, x)`` labels, the shape of ``image.data``; every non-zero voxel
-            is written as lesion (1).
+            is written as lesion (1), except on slices outside ``reviewed_slices``,
+            which are written as nnU-Net's ignore label (:data:`IGNORE_LABEL`).
         case_id: id to use; None derives one from the image file name (``case`` when
             none) and adds ``_2``, ``_3``... if it is taken. An explicit id that exists
-            raises DatasetError.
+            raises DatasetError unless ``overwrite``.
         reviewed_slices: indices along the source's axial axis
             (``image.reorientation.axial_axis``) a human has checked; training then
-            uses only these slices. None = every slice is trusted.
+            uses only these slices. None = every slice is trusted. (The index is the
+            same along the file's ``slice_axis``, which ``reviewed.json`` records.)
         provenance: e.g. ``{"model_version": "default", "voxels_added": 120,
             "voxels_removed": 45}``; stored in ``reviewed.json`` with the export time.
         name, description: written to a new ``dataset.json`` (name defaults to the folder name).
+        overwrite: replace the existing case ``case_id`` (image, mask and its
+            ``reviewed.json`` entry together).
+        image_fingerprint: stored in the provenance so that :func:`find_case`
+            recognises the image later.
 
     Raises:
         GeometryMismatchError: ``mask`` does not have the image's shape.
@@ -200,18 +286,26 @@ def export_case(
     _check_dataset_json(meta, meta_path)
     reviewed_path = root / REVIEWED_FILE
     reviewed_all = _read_json(reviewed_path)
-    case = _pick_case_id(root, case_id, image)
+    case = _pick_case_id(root, case_id, image, overwrite)
 
     img_file, lab_file = image_path(root, case), label_path(root, case)
     img_file.parent.mkdir(exist_ok=True)
     lab_file.parent.mkdir(exist_ok=True)
+    staging = root / STAGING_DIR
+    staging.mkdir(exist_ok=True)
+    staged_img, staged_lab = staging / img_file.name, staging / lab_file.name
     try:
-        write_volume(img_file, image.data, image)
-        write_mask(lab_file, (mask != 0).astype(np.uint8), image)
-    except BaseException:
-        img_file.unlink(missing_ok=True)
-        lab_file.unlink(missing_ok=True)
-        raise
+        write_volume(staged_img, image.data, image)
+        write_mask(staged_lab, _with_ignore(mask, reviewed, axial_axis), image)
+        os.replace(staged_img, img_file)
+        os.replace(staged_lab, lab_file)
+    finally:
+        staged_img.unlink(missing_ok=True)
+        staged_lab.unlink(missing_ok=True)
+        try:
+            staging.rmdir()
+        except OSError:
+            pass
 
     record = {
         "exported_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -219,10 +313,15 @@ def export_case(
         "intensity": image.intensity,
         "lesion_voxels": int(np.count_nonzero(mask)),
     }
+    if image_fingerprint:
+        record["image_fingerprint"] = str(image_fingerprint)
+    previous = reviewed_all.get(case) if overwrite else None
+    if isinstance(previous, dict) and isinstance(previous.get("provenance"), dict):
+        record["updates"] = int(previous["provenance"].get("updates", 0)) + 1
     record.update(_json_safe(provenance or {}))
     reviewed_all[case] = {
         "reviewed_slices": reviewed,
-        "axial_axis": axial_axis,
+        "slice_axis": file_axis(axial_axis, image.data.ndim),
         "provenance": record,
     }
     atomic_write_json(reviewed_path, reviewed_all)
@@ -232,7 +331,7 @@ def export_case(
         "file_ending": FILE_ENDING,
         "name": root.name if name is None else name,
         "description": description,
-        **{k: v for k, v in meta.items() if k not in ("numTraining",)},
+        **{k: v for k, v in meta.items() if k not in ("numTraining", "labels")},
     }
     meta["numTraining"] = len(list_cases(root))
     atomic_write_json(meta_path, meta)
