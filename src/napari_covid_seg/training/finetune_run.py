@@ -159,6 +159,33 @@ def summarize_dataset(folder: str | os.PathLike) -> DatasetSummary:
     return DatasetSummary(path=str(folder), **count_slices(folder))
 
 
+def resolve_data_path(ref: Any) -> str | None:
+    """A provenance data path as a folder on this machine, or None.
+
+    Plain strings are kept. A reference to a named root,
+    ``{"root": "shared", "path": "data/covid-semiseg/train"}`` (what the
+    bundled model stores instead of its training machine's absolute path),
+    is looked up under ``$NAPARI_COVID_SEG_<ROOT>`` (e.g.
+    ``NAPARI_COVID_SEG_SHARED``), then ``<root>/`` beside the current folder
+    and beside the source checkout.
+    """
+    if isinstance(ref, str | os.PathLike):
+        return str(ref)
+    if not isinstance(ref, dict) or not ref.get("root") or not ref.get("path"):
+        return None
+    root, rel = str(ref["root"]), str(ref["path"])
+    bases = []
+    env = os.environ.get(f"NAPARI_COVID_SEG_{root.upper()}")
+    if env:
+        bases.append(Path(env))
+    bases += [Path.cwd().parent / root, Path.cwd() / root]
+    bases.append(Path(__file__).resolve().parents[3].parent / root)
+    for base in bases:
+        if (base / rel).is_dir():
+            return str(base / rel)
+    return None
+
+
 def replay_suggestion(
     model_path: str | os.PathLike, _depth: int = 0
 ) -> tuple[str, int | None] | None:
@@ -175,7 +202,12 @@ def replay_suggestion(
     except Exception:
         return None
     prov = meta.get("provenance") or {}
-    sources = [s for s in prov.get("data") or [] if isinstance(s, dict) and s.get("path")]
+    sources = [
+        {**s, "path": resolve_data_path(s["path"])}
+        for s in prov.get("data") or []
+        if isinstance(s, dict) and s.get("path")
+    ]
+    sources = [s for s in sources if s["path"]]
     finetune = prov.get("finetune")
     if isinstance(finetune, dict):
         candidates = [str(p) for p in finetune.get("replay_dirs") or []]
