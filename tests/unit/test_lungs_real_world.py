@@ -43,7 +43,7 @@ def phantom():
 def test_full_field_with_table_and_arms(phantom):
     img, truth = phantom
     data = img.data.copy()
-    n, h, w = data.shape
+    _n, h, w = data.shape
     yy, xx = np.mgrid[0:h, 0:w]
     # a table under the patient (an air gap between), arms beside the chest
     data[:, h - 8 : h - 4, 10 : w - 10] = 300
@@ -77,7 +77,7 @@ def test_tight_crop_whose_lungs_touch_the_border(phantom):
 
 def test_lung_bases_with_bowel_gas_below(phantom):
     img, truth = phantom
-    n, h, w = img.data.shape
+    _n, h, w = img.data.shape
     # An "abdominal" scan: 18 slices of abdomen with a large gas-filled bowel loop,
     # then the lowest 6 slices of the phantom (the lung bases).
     bases = img.data[2:8]
@@ -234,7 +234,7 @@ def test_model_sees_the_lungs_at_one_scale_whatever_the_field_of_view(phantom):
             seen.append(x[:, 0].detach().clone())
             return torch.zeros_like(x[:, :1])
 
-    img, truth = phantom
+    img, _truth = phantom
     spec = {"input_size": 128, "roi": {"mode": "lungs", "margin": 0.08}}
     widths = []
     for pad in (0, 120):  # as is, and inside a field of view twice as wide
@@ -312,7 +312,7 @@ def test_clutter_is_the_table_and_arms_never_the_chest(phantom):
     pad = ((0, 0), (0, 12), (20, 20))  # room for arms beside the chest and a table below
     data = np.pad(img.data, pad, constant_values=-1000)
     lungs = np.pad(truth.extra["lungs"], pad)
-    n, h, w = data.shape
+    _n, h, w = data.shape
     yy, xx = np.mgrid[0:h, 0:w]
     table = np.zeros((h, w), bool)
     table[h - 6 : h - 2, 10 : w - 10] = True
