@@ -75,9 +75,7 @@ class AttentionGate(nn.Module):
         """
         want = tuple(s // 2 for s in x.shape[-2:]) if self.coarse else tuple(x.shape[-2:])
         if tuple(g.shape[-2:]) != want:
-            raise ValueError(
-                f"gating signal {tuple(g.shape)} does not fit skip {tuple(x.shape)}"
-            )
+            raise ValueError(f"gating signal {tuple(g.shape)} does not fit skip {tuple(x.shape)}")
         a = self.w_g(g) + self.w_x(x)
         alpha = torch.sigmoid(self.psi(F.relu(a)))
         if self.coarse:
