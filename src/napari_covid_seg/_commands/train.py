@@ -180,27 +180,9 @@ def register(subparsers: Any) -> None:
 
 def _policy_arguments(p: Any) -> None:
     """Fine-tuning policy flags (defaults: training.finetune.POLICY_DEFAULTS)."""
-    p.add_argument(
-        "--train-bn",
-        dest="freeze_bn",
-        action="store_const",
-        const=False,
-        default=None,
-        help="update BatchNorm running statistics (default: frozen, the base's)",
-    )
-    p.add_argument(
-        "--train",
-        dest="train_part",
-        choices=("all", "decoder"),
-        default=None,
-        help="which weights adapt: all, or decoder (gates and head; encoder frozen)",
-    )
-    p.add_argument(
-        "--l2sp",
-        type=float,
-        default=None,
-        help="pull toward the base weights per step (w -= lr * L2SP * (w - w_base); 0: off)",
-    )
+    from ..training.finetune_run import add_policy_arguments
+
+    add_policy_arguments(p)
 
 
 def parse_slices(text: str) -> list[int]:

@@ -455,3 +455,28 @@ def display_name(spec: str | None) -> str:
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
+
+
+def add_policy_arguments(p: Any) -> None:
+    """Fine-tuning policy flags (defaults: training.finetune.POLICY_DEFAULTS)."""
+    p.add_argument(
+        "--train-bn",
+        dest="freeze_bn",
+        action="store_const",
+        const=False,
+        default=None,
+        help="update BatchNorm running statistics (default: frozen, the base's)",
+    )
+    p.add_argument(
+        "--train",
+        dest="train_part",
+        choices=("all", "decoder"),
+        default=None,
+        help="which weights adapt: all, or decoder (gates and head; encoder frozen)",
+    )
+    p.add_argument(
+        "--l2sp",
+        type=float,
+        default=None,
+        help="pull toward the base weights per step (w -= lr * L2SP * (w - w_base); 0: off)",
+    )

@@ -56,6 +56,7 @@ from typing import IO, Any
 from .finetune_run import (
     MAX_SAMPLES_PER_EPOCH,
     PASSES_PER_EPOCH,
+    add_policy_arguments,
     count_slices,
     samples_per_epoch,
 )
@@ -226,27 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of replay slices in the training set (default 0.3)",
     )
-    p.add_argument(
-        "--train-bn",
-        dest="freeze_bn",
-        action="store_const",
-        const=False,
-        default=None,
-        help="update BatchNorm running statistics (default: frozen, the base's)",
-    )
-    p.add_argument(
-        "--train",
-        dest="train_part",
-        choices=("all", "decoder"),
-        default=None,
-        help="which weights adapt: all, or decoder (gates and head; encoder frozen)",
-    )
-    p.add_argument(
-        "--l2sp",
-        type=float,
-        default=None,
-        help="pull toward the base weights per step (w -= lr * L2SP * (w - w_base); 0: off)",
-    )
+    add_policy_arguments(p)
     p.add_argument(
         "--rotate-k",
         type=int,
