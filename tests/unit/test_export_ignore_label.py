@@ -79,3 +79,37 @@ def test_nnunet_accepts_the_export(tmp_path, monkeypatch):
     for env in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(env, str(tmp_path / env))
     verify_dataset_integrity(str(root), num_processes=1)  # raises on any problem
+
+
+def test_evaluate_scores_only_reviewed_slices_of_an_export(tmp_path):
+    """An export's unreviewed slices (ignore label) are neither errors nor scored."""
+    import json
+
+    import torch
+
+    from napari_covid_seg.io import write_volume
+    from napari_covid_seg.io.phantom import make_phantom
+    from napari_covid_seg.training.evaluate import _nnunet_cases, evaluate_cases
+
+    img, truth = make_phantom(shape=(6, 48, 48), seed=2)
+    root = tmp_path / "Dataset001_x"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    labels = truth.data.copy()
+    labels[3:] = 2  # slices 3..5 not reviewed
+    write_volume(root / "imagesTr" / "c1_0000.nii.gz", img.data, like=img)
+    write_volume(root / "labelsTr" / "c1.nii.gz", labels, like=img, is_mask=True)
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"labels": {"background": 0, "lesion": 1, "ignore": 2}, "file_ending": ".nii.gz"}
+        )
+    )
+    cases = _nnunet_cases(root, None, None)
+    assert len(cases) == 1 and set(np.unique(cases[0][2])) <= {0, 1, 255}
+
+    class Nothing(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x[:, :1], -10.0)
+
+    m = evaluate_cases(Nothing(), cases, workdir=tmp_path / "w", uncertainty=False)
+    assert m["n_slices"] == 3  # only the reviewed slices 0..2

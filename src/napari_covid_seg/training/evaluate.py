@@ -24,6 +24,9 @@ from .datasets import SliceDataset
 from .metrics import MetricAccumulator, confusion_per_slice, segmentation_metrics
 from .trainer import resolve_device, use_bf16
 
+#: Truth value of voxels that are not scored (an export's unreviewed slices).
+IGNORE = 255
+
 
 @torch.no_grad()
 def predict_slices(
@@ -146,7 +149,9 @@ def evaluate_cases(
     Each Volume is written as a NIfTI file, read back with the plugin's reader
     and segmented by :func:`inference.segment` exactly as the ``segment``
     command does (defaults unless ``segment_options`` says otherwise).
-    ``truth`` has the Volume's ``(z, y, x)`` shape. Returns pooled and
+    ``truth`` has the Volume's ``(z, y, x)`` shape; axial slices holding the
+    value :data:`IGNORE` (nnU-Net's ignore label: not reviewed) are not
+    scored. Returns pooled and
     per-slice metrics (axial slices), per-case Dice, confusion counts
     (``case_counts``) and lung-mask reports.
     """
@@ -168,6 +173,11 @@ def evaluate_cases(
         axis = result.axial_axis
         pred = np.moveaxis(result.mask, axis, 0)
         ref = np.moveaxis(np.asarray(truth), axis, 0)
+        scored = ~(ref == IGNORE).reshape(len(ref), -1).any(axis=1)  # reviewed slices only
+        pred, ref = pred[scored], ref[scored]
+        if len(ref) == 0:
+            path.unlink(missing_ok=True)
+            continue
         acc.update(pred, ref > 0)
         counts[name] = confusion_per_slice(pred, ref > 0).sum(axis=0).tolist()
         case = segmentation_metrics(pred, ref > 0)
@@ -278,17 +288,25 @@ def _nnunet_cases(
     from pathlib import Path
 
     from ..io import read_volume
-    from .datasets import binarize_mask
+    from .datasets import _dataset_json, _ignore_label, binarize_mask
 
     root = Path(root)
+    ignore = _ignore_label(_dataset_json(root))
     out = []
     for lab in sorted((root / "labelsTr").glob("*.nii*")):
         case = lab.name.split(".nii")[0]
         if ids is not None and case not in ids:
             continue
         image = read_volume(next((root / "imagesTr").glob(f"{case}_0000.nii*")), as_mask=False)
-        truth = read_volume(lab, as_mask=True).data
+        raw = read_volume(lab, as_mask=True).data
         labels = tuple(lesion_labels) if lesion_labels is not None else None
-        truth = binarize_mask(truth, labels, str(lab))
+        ignored = raw == ignore if ignore is not None else None
+        if ignored is not None:
+            if labels is None:
+                labels = tuple(int(v) for v in np.unique(raw) if v not in (0, ignore)) or (1,)
+            raw = np.where(ignored, 0, raw)
+        truth = binarize_mask(raw, labels, str(lab))
+        if ignored is not None:
+            truth[ignored] = IGNORE  # unreviewed: not scored
         out.append((case, image, truth))
     return out
