@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..inference.lungs import LEFT_LUNG, RIGHT_LUNG
-from ..inference.quantify import Quantification
+from ..inference.quantify import Quantification, from_counts
 from ._common import Box, bounding_box, check_mask
 from .components import Components
 
@@ -350,22 +350,15 @@ class LiveBurden:
                 "ggo_ml": float(self._per_class[:, 0].sum() * v),
                 "consolidation_ml": float(self._per_class[:, 1].sum() * v),
             }
-        lesion_ml = float(per_lung.sum() * v)
-        if self.lungs is None:
-            return Quantification(lesion_ml=lesion_ml, n_lesions=self.counter.n, **density)
-        n_r, n_l = (int(self._lung_voxels[i]) for i in (RIGHT_LUNG, LEFT_LUNG))
-        les_r, les_l = (int(per_lung[i]) for i in (RIGHT_LUNG, LEFT_LUNG))
-        return Quantification(
-            lesion_ml=lesion_ml,
-            n_lesions=self.counter.n,
-            lung_ml=(n_r + n_l) * v,
-            right_lung_ml=n_r * v,
-            left_lung_ml=n_l * v,
-            right_lesion_ml=les_r * v,
-            left_lesion_ml=les_l * v,
-            percent_lungs=_percent(les_r + les_l, n_r + n_l),
-            percent_right=_percent(les_r, n_r),
-            percent_left=_percent(les_l, n_l),
+        lungs = None
+        if self.lungs is not None:
+            lungs = (int(self._lung_voxels[RIGHT_LUNG]), int(self._lung_voxels[LEFT_LUNG]))
+        return from_counts(
+            v,
+            int(per_lung.sum()),
+            self.counter.n,
+            lungs,
+            (int(per_lung[RIGHT_LUNG]), int(per_lung[LEFT_LUNG])),
             **density,
         )
 
@@ -374,7 +367,3 @@ def _lung_codes(values: np.ndarray) -> np.ndarray:
     """Lung label values as codes 0 (not lung), :data:`RIGHT_LUNG`, :data:`LEFT_LUNG`."""
     v = np.asarray(values)
     return np.where((v == RIGHT_LUNG) | (v == LEFT_LUNG), v, 0).astype(np.intp)
-
-
-def _percent(part: int, whole: int) -> float | None:
-    return 100.0 * part / whole if whole else None

@@ -48,12 +48,8 @@ REPORT_STEM = "segment_report"
 MERGED_STEM = "cohort_report"
 REPORT_FORMAT = "napari-covid-seg-cohort-report/1"
 
-#: Report columns, in CSV order.
-COLUMNS: tuple[str, ...] = (
-    "case",
-    "input",
-    "status",
-    "error",
+#: The lesion-burden columns, taken from :class:`.quantify.Quantification`.
+BURDEN_COLUMNS: tuple[str, ...] = (
     "lesion_ml",
     "n_lesions",
     "lung_ml",
@@ -64,6 +60,14 @@ COLUMNS: tuple[str, ...] = (
     "percent_lungs",
     "percent_right",
     "percent_left",
+)
+#: Report columns, in CSV order.
+COLUMNS: tuple[str, ...] = (
+    "case",
+    "input",
+    "status",
+    "error",
+    *BURDEN_COLUMNS,
     "lung_mask_status",
     "lung_mask_reason",
     "slices",
@@ -343,18 +347,7 @@ def case_row(
     secs = dict(timings or {})
     if result is not None:
         q = result.quantify()
-        for k in (
-            "lesion_ml",
-            "n_lesions",
-            "lung_ml",
-            "right_lung_ml",
-            "left_lung_ml",
-            "right_lesion_ml",
-            "left_lesion_ml",
-            "percent_lungs",
-            "percent_right",
-            "percent_left",
-        ):
+        for k in BURDEN_COLUMNS:
             row[k] = _round(getattr(q, k, None))
         lung = lung_mask_status(result)
         row["lung_mask_status"] = lung["status"]

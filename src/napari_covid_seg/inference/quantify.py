@@ -66,6 +66,43 @@ def _percent(part: int, whole: int) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
+def from_counts(
+    voxel_ml: float,
+    lesion_voxels: int,
+    n_lesions: int,
+    lung_voxels: tuple[int, int] | None = None,
+    lesion_in_lung: tuple[int, int] | None = None,
+    **density: float,
+) -> Quantification:
+    """A :class:`Quantification` from voxel counts.
+
+    Args:
+        voxel_ml: one voxel's volume in mL.
+        lesion_voxels, n_lesions: lesion voxels and connected lesions.
+        lung_voxels: ``(right, left)`` lung voxels, or None without a lung mask.
+        lesion_in_lung: ``(right, left)`` lesion voxels inside each lung.
+        density: ``ggo_ml`` / ``consolidation_ml`` where known.
+    """
+    v = voxel_ml
+    if lung_voxels is None:
+        return Quantification(lesion_ml=lesion_voxels * v, n_lesions=n_lesions, **density)
+    n_r, n_l = lung_voxels
+    les_r, les_l = lesion_in_lung or (0, 0)
+    return Quantification(
+        lesion_ml=lesion_voxels * v,
+        n_lesions=n_lesions,
+        lung_ml=(n_r + n_l) * v,
+        right_lung_ml=n_r * v,
+        left_lung_ml=n_l * v,
+        right_lesion_ml=les_r * v,
+        left_lesion_ml=les_l * v,
+        percent_lungs=_percent(les_r + les_l, n_r + n_l),
+        percent_right=_percent(les_r, n_r),
+        percent_left=_percent(les_l, n_l),
+        **density,
+    )
+
+
 def consolidation_threshold(intensity: str = "hu", hu: float = CONSOLIDATION_HU) -> float:
     """The GGO/consolidation boundary in an image's units (HU, or 0..255 lung window)."""
     return float(hu_to_intensity(hu, intensity))
@@ -114,18 +151,11 @@ def quantify(
         raise ValueError(f"lung labels {lungs.shape} and mask {lesion.shape} differ in shape")
     lung_counts = np.bincount(lungs.ravel(), minlength=3)
     lesion_counts = np.bincount(lungs[lesion].ravel(), minlength=3)
-    n_r, n_l = int(lung_counts[RIGHT_LUNG]), int(lung_counts[LEFT_LUNG])
-    les_r, les_l = int(lesion_counts[RIGHT_LUNG]), int(lesion_counts[LEFT_LUNG])
-    return Quantification(
-        lesion_ml=n_lesion * v,
-        n_lesions=n_components,
-        lung_ml=(n_r + n_l) * v,
-        right_lung_ml=n_r * v,
-        left_lung_ml=n_l * v,
-        right_lesion_ml=les_r * v,
-        left_lesion_ml=les_l * v,
-        percent_lungs=_percent(les_r + les_l, n_r + n_l),
-        percent_right=_percent(les_r, n_r),
-        percent_left=_percent(les_l, n_l),
+    return from_counts(
+        v,
+        n_lesion,
+        n_components,
+        (int(lung_counts[RIGHT_LUNG]), int(lung_counts[LEFT_LUNG])),
+        (int(lesion_counts[RIGHT_LUNG]), int(lesion_counts[LEFT_LUNG])),
         **density,
     )
