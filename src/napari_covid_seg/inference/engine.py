@@ -195,6 +195,10 @@ class Predictor:
         self.tta = tta
         self.supports_attention = _accepts_kwarg(model, "return_attention")
         self.n_channels = int(self.preprocessing.get("n_channels", 3))
+        from ..models.guidance import n_guidance_channels
+
+        #: Guidance (click) channels after the image channels; 0 for an automatic model.
+        self.n_guidance = n_guidance_channels(self.preprocessing)
         self.input_size = model_input_size(self.preprocessing)
         self._source_model = model
         self._fuse = fuse
@@ -252,6 +256,7 @@ class Predictor:
         attention: int = 0,
         roi: Roi | None = None,
         fill: float = -1000.0,
+        guidance: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Raw slices ``(B, H, W)`` on the device -> logits ``(B, H, W)`` float32.
 
@@ -259,6 +264,12 @@ class Predictor:
         ``fill`` past the image, is shown to the model; outside it the logits
         are -30 (background). Also returns up to ``attention`` attention maps
         ``(B, H, W)`` in [0, 1] (finest first), resized back to the slice size.
+
+        ``guidance`` (click models, :mod:`..models.guidance`): ``(B, G, H, W)``
+        in [0, 1] on the slice grid (positive clicks, negative clicks, current
+        mask); cropped to the ROI (fill 0) and resized like the image, then
+        appended to the image channels. None: zeros (no clicks, no mask), so
+        a click model also runs as an automatic model. Ignored otherwise.
         """
         import torch
         import torch.nn.functional as F
@@ -280,8 +291,11 @@ class Predictor:
                     )
             elif (mh, mw) != (h, w):
                 t = F.pad(t, (0, mw - w, 0, mh - h), mode="replicate")
-            if self.n_channels != 1:
-                t = t.expand(-1, self.n_channels, -1, -1)
+            n_image = self.n_channels - self.n_guidance
+            if n_image != 1:
+                t = t.expand(-1, n_image, -1, -1)
+            if self.n_guidance:
+                t = torch.cat([t, self._guidance_input(guidance, t, roi, h, w)], dim=1)
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             t = t.contiguous(memory_format=fmt)
             want_alpha = attention > 0 and self.supports_attention
@@ -313,6 +327,34 @@ class Predictor:
                 logits = paste_tensor(logits, roi, full_h, full_w, -30.0)
                 alphas = [paste_tensor(a, roi, full_h, full_w, 0.0) for a in alphas]
         return logits, alphas
+
+    def _guidance_input(
+        self, guidance: torch.Tensor | None, t: torch.Tensor, roi: Roi | None, h: int, w: int
+    ) -> torch.Tensor:
+        """Guidance ``(B, G, H, W)`` on the slice grid -> ``(B, G, mh, mw)``, like the image."""
+        import torch
+        import torch.nn.functional as F
+
+        b, _, mh, mw = t.shape
+        if guidance is None:
+            return t.new_zeros((b, self.n_guidance, mh, mw))
+        if guidance.shape[:2] != (b, self.n_guidance):
+            raise ValueError(
+                f"guidance must be (B, {self.n_guidance}, H, W) for B = {b}, "
+                f"got {tuple(guidance.shape)}"
+            )
+        gd = guidance.to(t.device, torch.float32)
+        if roi is not None:
+            gd = crop_pad_tensor(gd, roi, 0.0)
+        if (mh, mw) != (h, w):
+            if self.input_size is not None:
+                down = mh < h or mw < w
+                gd = F.interpolate(
+                    gd, size=(mh, mw), mode="bilinear", align_corners=False, antialias=down
+                )
+            else:
+                gd = F.pad(gd, (0, mw - w, 0, mh - h))
+        return gd.clamp_(0.0, 1.0).to(t.dtype)
 
     def _to_native(self, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
         import torch.nn.functional as F
