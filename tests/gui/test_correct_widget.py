@@ -227,7 +227,7 @@ def test_autosave_restores_after_closing_and_reopening(make_napari_viewer, qtbot
     viewer = make_napari_viewer(show=True)
     _, labels = _open_with_mask(viewer)
     widget = _widget(viewer, qtbot, autosave_root=str(root), autosave_interval_s=60.0)
-    qtbot.waitUntil(widget.isVisible)
+    qtbot.waitUntil(widget.native.isVisible)
     fp = widget.fingerprint
     widget.tools_panel.grow()  # first edit: saved at once
     first = labels.data.copy()
@@ -261,6 +261,10 @@ def test_autosave_restores_after_closing_and_reopening(make_napari_viewer, qtbot
     assert meta["model_version"] == "tiny-phantom"
     assert len(meta["review"]["reviewed"]) == 1
     assert widget2.labels is restored
+    # The mask picker shows the restored layer it edits (it used to stay blank).
+    assert widget2.labels_combo.value is restored
+    assert widget2.labels_combo.current_choice == restored.name
+    assert widget2.image_combo.value is image2
     assert widget2.review_panel.progress.text().startswith("1/")
     np.testing.assert_array_equal(meta["prediction"], viewer2.layers["sample CT truth"].data)
     # Saying "No" on a later reopening deletes the autosave.

@@ -152,7 +152,7 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
     np.testing.assert_array_equal(layer.data, lungs)
     assert widget.labels is labels  # showing does not switch the mask being edited
     qtbot.mouseClick(panel.edit_button, Qt.MouseButton.LeftButton)
-    assert widget.labels is layer and widget.labels_combo.current_layer() is layer
+    assert widget.labels is layer and widget.labels_combo.value is layer
     assert "editing the lung mask" in widget.info.text()
     layer.selected_label = 2  # shrink the left lung by 6 mm
     widget.tools_panel.margin.setValue(6.0)
@@ -271,11 +271,11 @@ def test_mask_box_follows_the_layer_being_edited(make_napari_viewer, qtbot):
     assert widget.labels is labels  # napari selects new layers; that alone does not switch
     with other.block_history():  # ...but painting on it does
         other.paint((10, 100, 100), 1)
-    assert widget.labels is other and widget.labels_combo.current_layer() is other
+    assert widget.labels is other and widget.labels_combo.value is other
     viewer.layers.selection.active = image  # an image: the mask stays
     assert widget.labels is other
     viewer.layers.selection.active = labels  # the user picks a layer in the layer list
-    assert widget.labels is labels and widget.labels_combo.currentText() == labels.name
+    assert widget.labels is labels and widget.labels_combo.current_choice == labels.name
     viewer.layers.selection.active = other
     assert widget.labels is other
     assert widget.tools_panel.session is widget.session  # the tools work on it too

@@ -11,7 +11,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
-from napari_covid_seg._widgets.segment import SegmentWidget
+from napari_covid_seg._widgets.segment import BROWSE, SegmentWidget
 from napari_covid_seg.io.phantom import make_phantom
 from napari_covid_seg.models.store import ModelStore
 
@@ -55,14 +55,14 @@ def test_segment_sample_ct(make_napari_viewer, qtbot, tiny_model, tmp_path, note
     viewer.open_sample("napari-covid-seg", "chest_ct")
     image = viewer.layers["sample CT"]
     widget = _widget(viewer, tiny_model)
-    assert widget.image_combo.current_layer() is image
-    assert widget.threshold.value() == pytest.approx(0.5)
+    assert widget.image_combo.value is image
+    assert widget.threshold.value == pytest.approx(0.5)
     from napari_covid_seg.inference.device import describe_device, resolve_device
 
-    assert widget.device_note.text() == f"auto → {describe_device(resolve_device('auto'))}"
-    widget.want_probability.setChecked(True)
-    widget.want_uncertainty.setChecked(True)
-    widget.want_attention.setChecked(True)
+    assert widget.device_note.value == f"auto → {describe_device(resolve_device('auto'))}"
+    widget.want_probability.value = True
+    widget.want_uncertainty.value = True
+    widget.want_attention.value = True
 
     # The GUI event loop keeps running while the model works in its thread. (A full
     # garbage collection of the test process's millions of objects pauses every
@@ -86,7 +86,7 @@ def test_segment_sample_ct(make_napari_viewer, qtbot, tiny_model, tmp_path, note
     assert len(ticks) > 10
     assert max_gap_ms < 500
     assert progress[-1] == 48 and progress == sorted(progress)
-    assert widget.progress.value() == 48
+    assert widget.progress.value == 48
 
     labels = viewer.layers["sample CT lesions"]
     assert labels.data.dtype == np.uint8
@@ -111,7 +111,7 @@ def test_segment_sample_ct(make_napari_viewer, qtbot, tiny_model, tmp_path, note
     assert q["n_lesions"] >= 1
     assert q["lesion_ml"] == pytest.approx(labels.data.sum() * 2.5 * 1.4 * 1.4 / 1000)
     assert 0 < q["percent_lungs"] < 100
-    assert "mL" in widget.results.text() and "of the lungs" in widget.results.text()
+    assert "mL" in widget.results.value and "of the lungs" in widget.results.value
     lesions = viewer.layers["sample CT lesions"]
     lungs = lesions.metadata["covid_seg"]["lungs"]  # kept for the Correct widget's Lungs tab
     assert lungs.shape == lesions.data.shape and set(np.unique(lungs)) <= {0, 1, 2}
@@ -147,7 +147,7 @@ def test_cancel_and_rerun_keep_edited_mask(make_napari_viewer, qtbot, tiny_model
 
     widget = _widget(viewer, tiny_model, confirm=confirm)
     _run(qtbot, widget)
-    assert "mL" in widget.results.text()
+    assert "mL" in widget.results.value
     labels = viewer.layers["sample CT lesions"]
     prediction = labels.data.copy()
     labels.data[20, 100:110, 100:110] = 1  # a human edit
@@ -155,24 +155,24 @@ def test_cancel_and_rerun_keep_edited_mask(make_napari_viewer, qtbot, tiny_model
     n_layers = len(viewer.layers)
 
     # Cancel midway: one slice per batch, cancel after the first batch.
-    widget.batch_size.setValue(1)
+    widget.batch_size.value = 1
     worker = widget.run()
     seen: list[int] = []
     worker.yielded.connect(lambda step: seen.append(step[0]))
     qtbot.waitUntil(lambda: bool(seen) and seen[-1] >= 1, timeout=RUN_TIMEOUT_MS)
-    assert widget.results.text() == ""  # the last run's numbers are not shown as current
+    assert widget.results.value == ""  # the last run's numbers are not shown as current
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
-    assert widget.results.text() == ""
+    assert widget.results.value == ""
     assert max(seen) < 48
     assert len(viewer.layers) == n_layers
     np.testing.assert_array_equal(labels.data, edited)
-    assert widget.status.text().startswith("Cancelled")
+    assert widget.status.value.startswith("Cancelled")
     assert [n for n in notes if "cancelled" in n[1]]
     assert answers == []
 
     # Re-run: the edited layer is not replaced without asking; "No" keeps it.
-    widget.batch_size.setValue(0)
+    widget.batch_size.value = 0
     _run(qtbot, widget)
     assert answers == ["Replace the edited lesion mask?"]
     np.testing.assert_array_equal(labels.data, edited)
@@ -204,16 +204,14 @@ def test_errors_are_one_notification_each(
 
     assert not torch.cuda.is_available()
     viewer.open_sample("napari-covid-seg", "chest_ct")
-    widget.device_combo.setCurrentText("cuda")
+    widget.device_combo.value = "cuda"
     notes.clear()
     assert widget.run() is None
     assert len(notes) == 1 and notes[0][0] == "error" and "CUDA" in notes[0][1]
-    widget.device_combo.setCurrentText("cpu")
+    widget.device_combo.value = "cpu"
 
     # 3. A broken model file chosen with "Browse file...".
-    browse_index = widget.model_combo.findText("Browse file...")
-    widget.model_combo.setCurrentIndex(browse_index)
-    widget.model_combo.activated.emit(browse_index)  # what a user's click emits
+    widget.model_combo.value = BROWSE  # what choosing the entry does
     assert widget.selected_model() == str(broken)
     notes.clear()
     n_layers = len(viewer.layers)
@@ -227,7 +225,7 @@ def test_errors_are_one_notification_each(
     image, _ = make_phantom(shape=(8, 64, 64), seed=1)
     windowed = np.clip((image.data.astype(np.float32) + 1350) * 255 / 1500, 0, 255)
     viewer.add_image(windowed.astype(np.uint8), name="windowed", scale=(2.5, 1.4, 1.4), units="mm")
-    widget.image_combo.set_layer(viewer.layers["windowed"])
+    widget.image_combo.value = viewer.layers["windowed"]
     notes.clear()
     _run(qtbot, widget)
     warnings = [n for n in notes if n[0] == "warning"]
@@ -243,7 +241,7 @@ def test_errors_are_one_notification_each(
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine, "iter_segment", out_of_memory)
-    widget.image_combo.set_layer(viewer.layers["sample CT"])
+    widget.image_combo.value = viewer.layers["sample CT"]
     notes.clear()
     n_layers = len(viewer.layers)
     _run(qtbot, widget)

@@ -237,3 +237,75 @@ class LayerCombo(QComboBox):
                 self.setCurrentIndex(i)
                 return
         self.setCurrentIndex(-1)
+
+
+# -- magicgui layer pickers ---------------------------------------------------------------------
+
+#: The viewer events after which every layer picker reloads its choices (napari connects
+#: the same ones when it docks a magicgui widget; connecting them here keeps undocked
+#: widgets, and pickers in sub-containers, in sync too).
+LAYER_LIST_EVENTS = ("inserted", "removed", "moved", "reordered", "renamed")
+
+
+def layer_picker(
+    viewer: Any,
+    layer_type: type,
+    accept: Callable[[Any], bool],
+    *,
+    name: str,
+    label: str,
+    tooltip: str = "",
+) -> Any:
+    """A magicgui combo box for ``layer_type`` layers of ``viewer`` that pass ``accept``.
+
+    Made from the ``napari.layers.Image`` / ``Labels`` annotation (the widget napari
+    itself gives such a parameter), with its choices narrowed to ``accept``-ed
+    layers of this viewer (napari's default finds the viewer through the dock, so
+    it is empty in a widget that is not docked). Its ``value`` is the chosen layer
+    (None when there is none); :func:`follow_layers` keeps the choices current.
+    """
+    from magicgui.widgets import create_widget
+
+    combo = create_widget(annotation=layer_type, name=name, label=label)
+    combo.tooltip = tooltip or None
+    combo.choices = lambda _widget: [
+        (layer.name, layer) for layer in viewer.layers if accept(layer)
+    ]
+    return combo
+
+
+def follow_layers(viewer: Any, callback: Callable[..., Any]) -> None:
+    """Call ``callback(event)`` after layers are added, removed, moved or renamed."""
+    for event in LAYER_LIST_EVENTS:
+        emitter = getattr(viewer.layers.events, event, None)
+        if emitter is not None:
+            emitter.connect(callback)
+
+
+def unfollow_layers(viewer: Any, callback: Callable[..., Any]) -> None:
+    for event in LAYER_LIST_EVENTS:
+        emitter = getattr(viewer.layers.events, event, None)
+        if emitter is not None:
+            emitter.disconnect(callback)
+
+
+def wrap_labels(*labels: Any) -> None:
+    """Let magicgui ``Label`` widgets wrap long text (and keep it selectable)."""
+    from qtpy.QtCore import Qt
+
+    for label in labels:
+        label.native.setWordWrap(True)
+        label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+
+def tune_scroll(container: Any, min_height: int = 40) -> Any:
+    """A ``scrollable=True`` magicgui container: frameless, no horizontal bar, may shrink."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = container.native
+    if isinstance(area, QScrollArea):
+        area.setFrameShape(QFrame.Shape.NoFrame)
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        area.setMinimumHeight(min_height)
+    return container

@@ -24,17 +24,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 import numpy as np
-from qtpy.QtCore import QEvent, QSize
-from qtpy.QtWidgets import (
-    QApplication,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import Container, Label
+from qtpy.QtCore import QEvent, QObject, QSize
+from qtpy.QtWidgets import QApplication, QFileDialog, QTabWidget, QWidget
 
 from ..correction import AutosaveStore, counted_changes, default_autosave_root, fingerprint
 from ..errors import CovidSegError
@@ -45,16 +39,18 @@ from ._layers import (
     KEY,
     LESIONS,
     LUNGS,
-    LayerCombo,
     find_image_for,
     find_partner,
+    follow_layers,
     geometry_kwargs,
     is_ct_image,
     is_labels,
+    layer_picker,
     layer_volume,
     plugin_meta,
     role,
     scrolled,
+    wrap_labels,
 )
 from ._learn_panel import LearnPanel
 from ._lesion_panel import LesionPanel
@@ -71,8 +67,49 @@ def _is_3d_labels(layer: Any) -> bool:
     return is_labels(layer) and layer.ndim == 3
 
 
-class CorrectWidget(QWidget):
-    """Dock widget "Correct lesions".
+class _Tabs(QTabWidget):
+    """The tool pages (magicgui has no tab container); asks for most of a laptop screen."""
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(hint.width(), max(hint.height(), 420))
+
+
+class _WindowWatcher(QObject):
+    """Saves pending edits when napari's main window closes.
+
+    (A dock widget gets no close event of its own when the window closes.)
+    """
+
+    def __init__(self, widget: CorrectWidget) -> None:
+        super().__init__(widget.native)
+        self._widget = weakref.ref(widget)
+        self._window: Any = None
+        widget.native.installEventFilter(self)
+
+    def eventFilter(self, watched: Any, event: Any) -> bool:
+        ref = getattr(self, "_widget", None)  # (not yet set, or being torn down)
+        widget = ref() if ref is not None else None
+        if widget is None:
+            return False
+        if watched is widget.native and event.type() == QEvent.Type.Show:
+            window = widget.native.window()
+            if window is not widget.native and self._window is not window:
+                window.installEventFilter(self)
+                self._window = window
+        elif watched is self._window and event.type() == QEvent.Type.Close:
+            widget.flush_autosave()
+        return False
+
+
+class CorrectWidget(Container):
+    """Dock widget "Correct lesions" (a magicgui container).
+
+    On top, ``labels_combo`` (the mask being edited, a ``napari.layers.Labels``
+    picker) and ``image_combo`` (its CT, a ``napari.layers.Image`` picker), both
+    following the viewer's layers; ``info``; the live burden; then the tabs.
+    ``labels`` is the Labels layer being edited (not magicgui's "show labels" flag:
+    this container shows no labels of its own, its picker row does).
 
     Args:
         napari_viewer: the viewer (injected by napari).
@@ -86,57 +123,79 @@ class CorrectWidget(QWidget):
 
     def __init__(
         self,
-        napari_viewer: Any,
+        napari_viewer: napari.viewer.Viewer,
         *,
         autosave_root: str | None = None,
         confirm: Confirm | None = None,
         autosave_interval_s: float = AUTOSAVE_INTERVAL_S,
         save_path: Any = None,
     ) -> None:
-        super().__init__()
+        self.session: EditSession | None = None  # before Container.__init__ reads ``labels``
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         root = default_autosave_root() if autosave_root is None else autosave_root
         self.autosaves = AutosaveStore(root)
         self.lung_autosaves = AutosaveStore(self.autosaves.root / "lungs")
         self.predictions = AutosaveStore(self.autosaves.root / "predictions")
-        self.confirm: Confirm = confirm or (lambda title, text: ask_yes_no(self, title, text))
+        self.confirm: Confirm = confirm or (
+            lambda title, text: ask_yes_no(self.native, title, text)
+        )
         self.save_path = save_path or self._save_dialog
         self.autosave_interval_s = autosave_interval_s
-        self.session: EditSession | None = None
         self.image: Any = None
         self.fingerprint: str | None = None
         self.lungs_worker: Any = None
         self._intensity = "hu"
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._offered: set[str] = set()
-        self._watching: Any = None
         self._quiet = False  # adding layers ourselves: do not follow napari's selection
-        self._inserted: Any = None  # napari activates each new layer; the combo decides those
+        self._inserted: Any = None  # napari activates each new layer; the picker decides those
         self._build()
-        napari_viewer.layers.events.inserted.connect(self._on_inserted)
-        napari_viewer.layers.events.removed.connect(self._on_removed)
+        self._watcher = _WindowWatcher(self)
+        follow_layers(napari_viewer, self._on_layers_changed)
         napari_viewer.layers.selection.events.active.connect(self._on_active)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.flush_autosave)
+        self._pick_mask()
         for layer in list(napari_viewer.layers):
             self._watch_paint(layer)
             self.offer_restore(layer)
-        self._bind(self.labels_combo.current_layer())
+        self._bind(self.labels_combo.value)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
-        self.labels_combo = LayerCombo(
-            self.viewer, _is_3d_labels, self, prefer=lambda layer: role(layer) == LESIONS
+        from napari.layers import Image
+        from napari.layers import Labels as LabelsLayer
+
+        self.labels_combo = layer_picker(
+            self.viewer,
+            LabelsLayer,
+            _is_3d_labels,
+            name="mask_layer",
+            label="Mask",
+            tooltip="The Labels layer being edited (follows the layer list)",
         )
-        self.labels_combo.setToolTip("The Labels layer being edited (follows the layer list)")
-        self.labels_combo.currentIndexChanged.connect(
-            lambda *_: self._bind(self.labels_combo.current_layer())
+        self.labels_combo.changed.connect(lambda *_: self._bind(self.labels_combo.value))
+        self.image_combo = layer_picker(
+            self.viewer,
+            Image,
+            is_ct_image,
+            name="ct_layer",
+            label="CT",
+            tooltip="The CT Image layer the mask belongs to",
         )
-        self.image_combo = LayerCombo(self.viewer, is_ct_image, self)
-        self.image_combo.currentIndexChanged.connect(lambda *_: self._rebind_image())
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
+        self.image_combo.changed.connect(lambda *_: self._rebind_image())
+        for combo in (self.labels_combo, self.image_combo):
+            combo.native.setMinimumContentsLength(6)
+        pickers = Container(
+            name="pickers",
+            layout="horizontal",
+            widgets=[self.labels_combo, self.image_combo],
+        )
+        pickers.margins = (0, 0, 0, 0)
+        self.info = Label(name="info", value="")
+        wrap_labels(self.info)
         self.burden_panel = BurdenPanel()
         self.lesion_panel = LesionPanel(self.viewer)
         self.review_panel = ReviewPanel(self.viewer)
@@ -151,42 +210,30 @@ class CorrectWidget(QWidget):
         self.export_panel = ExportPanel(confirm=lambda t, q: self.confirm(t, q))
         self.export_panel.make_job = self._export_job
         self.export_panel.save = self.save_nifti
-        self.tabs = QTabWidget()
+        self.tabs = _Tabs()
         self.tabs.setDocumentMode(True)
         for page, title in (
-            (scrolled(self.tools_panel), "Tools"),
-            (scrolled(self.lesion_panel), "Lesions"),
-            (scrolled(self.review_panel), "Review"),
-            (scrolled(self.lungs_panel), "Lungs"),
-            (scrolled(self.learn_panel), "Learn"),
-            (scrolled(self.export_panel), "Save"),
+            (self.tools_panel, "Tools"),
+            (self.lesion_panel, "Lesions"),
+            (self.review_panel, "Review"),
+            (self.lungs_panel, "Lungs"),
+            (self.learn_panel, "Learn"),
+            (self.export_panel, "Save"),
         ):
-            self.tabs.addTab(page, title)
+            self.tabs.addTab(scrolled(getattr(page, "native", page)), title)
         self.tabs.currentChanged.connect(lambda *_: self._refresh_learn())
         self.lesion_panel.is_shown = lambda: (
             self.tabs.tabText(self.tabs.currentIndex()) == "Lesions"
         )
         self.tabs.currentChanged.connect(lambda *_: self.lesion_panel.refresh_if_stale())
         self.lesion_panel.components_source = self._live_components
-        for combo in (self.labels_combo, self.image_combo):
-            combo.setMinimumContentsLength(6)
-        pickers = QHBoxLayout()
-        pickers.addWidget(QLabel("Mask"))
-        pickers.addWidget(self.labels_combo, 1)
-        pickers.addWidget(QLabel("CT"))
-        pickers.addWidget(self.image_combo, 1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        self.margins = (4, 4, 4, 4)
+        self.extend([pickers, self.info])
+        # Plain Qt where magicgui has no widget: the burden read-out and the tab pages.
+        layout = self.native.layout()
         layout.setSpacing(4)
-        layout.addLayout(pickers)
-        layout.addWidget(self.info)
         layout.addWidget(self.burden_panel)
         layout.addWidget(self.tabs, 1)
-
-    def sizeHint(self) -> QSize:
-        """Ask for most of a laptop screen's height: this is where the work happens."""
-        hint = super().sizeHint()
-        return QSize(hint.width(), max(hint.height(), 560))
 
     def show_tab(self, title: str) -> QWidget:
         """Bring tab ``title`` ("Tools", "Lesions", "Review", "Lungs", "Save") to the front."""
@@ -211,11 +258,10 @@ class CorrectWidget(QWidget):
             return
         image = find_image_for(self.viewer, labels)
         if image is not None:
-            self.image_combo.blockSignals(True)
-            self.image_combo.set_layer(image)
-            self.image_combo.blockSignals(False)
+            with self.image_combo.changed.blocked():
+                self.image_combo.value = image
         else:
-            image = self.image_combo.current_layer()
+            image = self.image_combo.value
             if image is not None and image.data.shape != labels.data.shape:
                 image = None
         self.image = image
@@ -253,7 +299,7 @@ class CorrectWidget(QWidget):
 
     def _rebind_image(self) -> None:
         labels = self.labels
-        if labels is not None and self.image_combo.current_layer() is not self.image:
+        if labels is not None and self.image_combo.value is not self.image:
             self._unbind()
             self._bind(labels)
 
@@ -319,7 +365,7 @@ class CorrectWidget(QWidget):
 
     def _update_info(self) -> None:
         if self.session is None:
-            self.info.setText("Choose a lesion mask (Labels layer) to correct.")
+            self.info.value = "Choose a lesion mask (Labels layer) to correct."
             return
         meta = plugin_meta(self.lesion_layer() or self.session.layer)
         parts = [f"model: {meta.get('model_version', 'unknown')}"]
@@ -330,7 +376,7 @@ class CorrectWidget(QWidget):
         elif self.session.last_saved_at is not None:
             saved = _dt.datetime.fromtimestamp(self.session.last_saved_at).strftime("%H:%M:%S")
             parts.append(f"autosaved {saved}")
-        self.info.setText(" · ".join(parts))
+        self.info.value = " · ".join(parts)
 
     def _fingerprint(self, image: Any) -> str:
         """Fingerprint of a CT layer's voxels and geometry (cached while its data is the same)."""
@@ -473,8 +519,7 @@ class CorrectWidget(QWidget):
         if target is None:
             self._update_lungs_panel()
             return None
-        self.labels_combo.set_layer(target)
-        self._bind(target)
+        self._show_mask(target)
         self.viewer.layers.selection.active = target
         if edit:
             target.selected_label = 1
@@ -529,10 +574,53 @@ class CorrectWidget(QWidget):
             self.session.touch()
         self._refresh_learn()
 
-    def _on_inserted(self, event: Any) -> None:
-        self._inserted = event.value
-        self._watch_paint(event.value)
-        self.offer_restore(event.value)
+    def _show_mask(self, layer: Any) -> None:
+        """Make ``layer`` the choice of the mask picker and the mask being edited."""
+        with self.labels_combo.changed.blocked():
+            self.labels_combo.value = layer
+        self._bind(layer)
+
+    def _pick_mask(self, inserted: Any = None) -> Any:
+        """The mask picker's choice after a change of the layer list.
+
+        A new lesion mask (or any mask when none was chosen) becomes the choice;
+        otherwise the layer being edited stays; when it is gone, the newest mask.
+        """
+        masks = [layer for layer in self.viewer.layers if _is_3d_labels(layer)]
+        current = self.labels
+        if (
+            inserted is not None
+            and inserted in masks
+            and (role(inserted) == LESIONS or current is None)
+        ):
+            pick = inserted
+        elif current in masks:
+            pick = current
+        else:
+            pick = masks[-1] if masks else None
+        if pick is not None:  # (with no mask at all the picker is empty)
+            with self.labels_combo.changed.blocked():
+                self.labels_combo.value = pick
+        return pick
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        """Layers added, removed, moved or renamed: both pickers follow, then the binding."""
+        kind = getattr(event, "type", "")
+        layer = getattr(event, "value", None)
+        with self.labels_combo.changed.blocked(), self.image_combo.changed.blocked():
+            self.reset_choices()
+            if self.image is not None and self.image in self.viewer.layers:
+                self.image_combo.value = self.image
+        pick = self._pick_mask(layer if kind == "inserted" else None)
+        if kind == "removed":
+            self._on_removed(layer)
+        self._bind(pick)
+        if self.session is not None and self.image_combo.value is not self.image:
+            self._rebind_image()
+        if kind == "inserted":
+            self._inserted = layer
+            self._watch_paint(layer)
+            self.offer_restore(layer)
 
     def _watch_paint(self, layer: Any) -> None:
         if _is_3d_labels(layer):
@@ -543,56 +631,39 @@ class CorrectWidget(QWidget):
         layer = getattr(event, "source", None)
         if layer is None or layer is self.labels or layer not in self.viewer.layers:
             return
-        self.labels_combo.set_layer(layer)
-        self._bind(layer)
+        self._show_mask(layer)
 
-    def _on_removed(self, event: Any) -> None:
-        if self.session is not None and event.value is self.session.layer:
+    def _on_removed(self, layer: Any) -> None:
+        if self.session is not None and layer is self.session.layer:
             self._unbind()
             self._set_panels(None)
-        elif event.value is self.image and self.session is not None:
+        elif layer is self.image and self.session is not None:
             self.session.flush()
-        elif role(event.value) == LUNGS:
+        elif role(layer) == LUNGS:
             self.update_burden()
             self._update_lungs_panel()
-        if _is_3d_labels(event.value):
-            event.value.events.paint.disconnect(self._on_any_paint)
+        if _is_3d_labels(layer):
+            layer.events.paint.disconnect(self._on_any_paint)
 
     def _on_active(self, event: Any) -> None:
         """The mask box follows the Labels layer selected in napari's layer list."""
         layer = getattr(event, "value", None)
         if layer is None or layer is self._inserted:
-            return  # napari selects every new layer itself; the combo's rule decides those
+            return  # napari selects every new layer itself; the picker's rule decides those
         self._inserted = None
         if self._quiet or layer is self.labels or not _is_3d_labels(layer):
             return
-        self.labels_combo.set_layer(layer)
-        self._bind(layer)
+        self._show_mask(layer)
 
     def flush_autosave(self) -> None:
         """Write pending edits to the autosave now."""
         if self.session is not None:
             self.session.flush()
 
-    def showEvent(self, event: Any) -> None:
-        """Once docked and shown, save when napari's main window closes.
-
-        (A dock widget gets no close event of its own when the window closes.)
-        """
-        window = self.window()
-        if window is not self and self._watching is not window:
-            window.installEventFilter(self)
-            self._watching = window
-        super().showEvent(event)
-
-    def eventFilter(self, watched: Any, event: Any) -> bool:
-        if event.type() == QEvent.Type.Close:
-            self.flush_autosave()
-        return False
-
-    def closeEvent(self, event: Any) -> None:
+    def close(self) -> None:
+        """Save pending edits, release the mask, close."""
         self._unbind()
-        super().closeEvent(event)
+        super().close()
 
     # -- autosave ------------------------------------------------------------------------------
     def _autosave_meta(self) -> dict:
@@ -660,9 +731,11 @@ class CorrectWidget(QWidget):
             name = f"{name} (restored)"
         layer = self.viewer.add_labels(mask, name=name, opacity=0.6, **geometry)
         notify_info(f"Restored the autosaved lesion mask of '{image.name}' as '{layer.name}'.")
-        self.labels_combo.refresh()
-        self.labels_combo.set_layer(layer)
-        self._bind(layer)
+        # The pickers follow the new layer (one reload per viewer event); make sure the
+        # mask picker shows it even while an outer layer event is still being handled.
+        with self.labels_combo.changed.blocked():
+            self.labels_combo.reset_choices()
+        self._show_mask(layer)
         if lungs is not None:
             self.show_lungs(True)
         return layer
@@ -681,7 +754,7 @@ class CorrectWidget(QWidget):
 
     def _save_dialog(self, suggested: str) -> str | None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save mask as NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
+            self.native, "Save mask as NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
         )
         return path or None
 

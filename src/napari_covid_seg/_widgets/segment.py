@@ -12,26 +12,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
+import napari.viewer
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
 )
+from qtpy.QtCore import QTimer
 
 from ..errors import CovidSegError
 from ..io import WINDOWED
 from ._burden_panel import burden_html
-from ._layers import LayerCombo, is_ct_image, layer_volume, scrolled
+from ._layers import (
+    follow_layers,
+    is_ct_image,
+    layer_picker,
+    layer_volume,
+    tune_scroll,
+    wrap_labels,
+)
 from ._notify import (
     Confirm,
     ask_yes_no,
@@ -43,16 +47,22 @@ from ._notify import (
 from ._segment_job import SegmentOutcome, SegmentRequest, run_segmentation
 from ._segment_layers import extra_layer_steps, put_lesion_layer
 
+#: The "Browse file..." entry of the model box (its value: no model version).
 BROWSE = "Browse file..."
 DEVICES = ("auto", "cpu", "cuda")
 #: Pause between adding two optional result layers (lets napari redraw and handle input).
 LAYER_STEP_MS = 15
-KIND_ROLE = Qt.ItemDataRole.UserRole + 1  # "file" for browsed model files
-NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # the store name of a model version
 
 
-class SegmentWidget(QWidget):
-    """Dock widget "Segment lesions".
+class SegmentWidget(Container):
+    """Dock widget "Segment lesions" (a magicgui container).
+
+    The form: ``image_combo`` (a ``napari.layers.Image`` picker that follows the
+    viewer's layers), ``model_combo``, ``device_combo``, ``threshold``,
+    ``batch_size`` (0 = auto), ``restrict``, ``tta``, ``want_probability``,
+    ``want_uncertainty``, ``want_attention``; then ``run_button``,
+    ``cancel_button``, ``progress``, ``status`` and ``results``. Set values with
+    ``widget.threshold.value = 0.4`` etc.
 
     Args:
         napari_viewer: the viewer (injected by napari).
@@ -64,20 +74,22 @@ class SegmentWidget(QWidget):
 
     def __init__(
         self,
-        napari_viewer: Any,
+        napari_viewer: napari.viewer.Viewer,
         *,
         store: Any = None,
         confirm: Confirm | None = None,
         browse: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         from ..models.store import ModelStore
         from ._torch_guard import prepare_torch
 
         prepare_torch()
         self.viewer = napari_viewer
         self.store = store if store is not None else ModelStore()
-        self.confirm: Confirm = confirm or (lambda title, text: ask_yes_no(self, title, text))
+        self.confirm: Confirm = confirm or (
+            lambda title, text: ask_yes_no(self.native, title, text)
+        )
         self.browse = browse or self._browse_dialog
         self.worker: Any = None
         self.last_outcome: SegmentOutcome | None = None
@@ -86,89 +98,131 @@ class SegmentWidget(QWidget):
         self._image: Any = None
         self._pbar: Any = None
         self._started = 0.0
-        self._model_index = 0
+        self._model: str | None = None  # the last real model choice (for a cancelled browse)
+        self._files: list[tuple[str, str]] = []  # model files chosen with "Browse file..."
         self._pending_layers: list[Any] = []
+        self._store_choices: list[tuple[str, str]] = []
+        self._names: dict[str, str] = {}
         self._reported = False
         self._build()
+        follow_layers(napari_viewer, self._on_layers_changed)
         self.refresh_models()
         self._update_device_note()
 
     # -- building --------------------------------------------------------------------------
     def _build(self) -> None:
-        self.image_combo = LayerCombo(self.viewer, is_ct_image, self)
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("Model version: the bundled default, your fine-tuned versions")
-        self.model_combo.activated.connect(self._on_model_activated)
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.model_note = QLabel()
-        self.model_note.setWordWrap(True)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        self.device_combo.currentIndexChanged.connect(self._update_device_note)
-        self.device_note = QLabel()
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.01, 0.99)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setDecimals(2)
-        self.threshold.setValue(0.5)
-        self.threshold.setToolTip("Voxels with lesion probability above this are lesion")
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(0, 512)
-        self.batch_size.setSpecialValueText("auto")
-        self.batch_size.setToolTip("Axial slices per batch; auto sizes it from free GPU memory")
-        self.restrict = QCheckBox("restrict to lungs")
-        self.restrict.setChecked(True)
-        self.restrict.setToolTip(
-            "Drop predictions outside the lungs (skipped, with the reason shown, when the "
-            "lung mask looks wrong)"
-        )
-        self.tta = QCheckBox("test-time flips (2x time)")
-        self.tta.setToolTip("Average the prediction with that of the right-left mirror image")
-        self.want_probability = QCheckBox("probability")
-        self.want_uncertainty = QCheckBox("uncertainty")
-        self.want_attention = QCheckBox("attention")
-        outputs = QHBoxLayout()
-        for box in (self.want_probability, self.want_uncertainty, self.want_attention):
-            outputs.addWidget(box)
-        self.run_button = QPushButton("Segment")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m slices")
-        self.progress.setValue(0)
-        self.status = QLabel("Ready")
-        self.status.setWordWrap(True)
-        self.results = QLabel()
-        self.results.setWordWrap(True)
-        self.results.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        from napari.layers import Image
 
-        settings = QWidget()
-        form = QFormLayout(settings)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        form.addRow("CT image", self.image_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("", self.model_note)
-        form.addRow("Device", self.device_combo)
-        form.addRow("", self.device_note)
-        form.addRow("Threshold", self.threshold)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("", self.restrict)
-        form.addRow("", self.tta)
-        form.addRow("Add layers", outputs)
+        self.image_combo = layer_picker(
+            self.viewer,
+            Image,
+            is_ct_image,
+            name="image",
+            label="CT image",
+            tooltip="The CT Image layer to segment (follows the layer list)",
+        )
+        self.model_combo = ComboBox(
+            name="model",
+            label="Model",
+            choices=self._model_choices,
+            tooltip="Model version: the bundled default, your fine-tuned versions",
+        )
+        self.model_combo.changed.connect(self._on_model_chosen)
+        # "Browse file..." chosen again while it is the current entry changes no value.
+        self.model_combo.native.activated.connect(self._on_model_activated)
+        self._just_browsed = False
+        self.model_note = Label(name="model_note", label="")
+        self.device_combo = ComboBox(name="device", label="Device", choices=DEVICES, value="auto")
+        self.device_combo.changed.connect(self._update_device_note)
+        self.device_note = Label(name="device_note", label="")
+        self.threshold = FloatSpinBox(
+            name="threshold",
+            label="Threshold",
+            value=0.5,
+            min=0.01,
+            max=0.99,
+            step=0.05,
+            tooltip="Voxels with lesion probability above this are lesion",
+        )
+        self.batch_size = SpinBox(
+            name="batch_size",
+            label="Batch size",
+            value=0,
+            min=0,
+            max=512,
+            tooltip="Axial slices per batch; 0 = auto (sized from free GPU memory)",
+        )
+        self.batch_size.native.setSpecialValueText("auto")
+        self.restrict = CheckBox(
+            name="restrict",
+            text="restrict to lungs",
+            value=True,
+            tooltip="Drop predictions outside the lungs (skipped, with the reason shown, when "
+            "the lung mask looks wrong)",
+        )
+        self.tta = CheckBox(
+            name="tta",
+            text="test-time flips (2x time)",
+            tooltip="Average the prediction with that of the right-left mirror image",
+        )
+        self.want_probability = CheckBox(name="want_probability", text="probability")
+        self.want_uncertainty = CheckBox(name="want_uncertainty", text="uncertainty")
+        self.want_attention = CheckBox(name="want_attention", text="attention")
+        outputs = Container(
+            name="outputs",
+            label="Add layers",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.want_probability, self.want_uncertainty, self.want_attention],
+        )
+        outputs.margins = (0, 0, 0, 0)
+        self.run_button = PushButton(name="run_button", text="Segment")
+        self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button = PushButton(name="cancel_button", text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.progress = ProgressBar(name="progress", value=0, min=0, max=1, label="")
+        self.progress.native.setFormat("%v / %m slices")
+        self.status = Label(name="status", value="Ready")
+        self.results = Label(name="results", value="")
+        wrap_labels(self.model_note, self.device_note, self.status, self.results)
+
         # Settings scroll; the buttons, progress and results always stay in view.
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(scrolled(settings), 1)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.results)
+        self.settings = tune_scroll(
+            Container(
+                name="settings",
+                scrollable=True,
+                widgets=[
+                    self.image_combo,
+                    self.model_combo,
+                    self.model_note,
+                    self.device_combo,
+                    self.device_note,
+                    self.threshold,
+                    self.batch_size,
+                    self.restrict,
+                    self.tta,
+                    outputs,
+                ],
+            )
+        )
+        self.settings.margins = (0, 0, 0, 0)
+        buttons = Container(
+            name="buttons",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.run_button, self.cancel_button],
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.margins = (4, 4, 4, 4)
+        self.extend([self.settings, buttons, self.progress, self.status, self.results])
+        self.native.layout().setStretch(0, 1)
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        """Reload the CT choices; a newly opened CT becomes the choice."""
+        self.reset_choices()
+        layer = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and is_ct_image(layer):
+            self.image_combo.value = layer
 
     # -- models ----------------------------------------------------------------------------
     def refresh_models(self, select: str | None = None) -> None:
@@ -177,72 +231,81 @@ class SegmentWidget(QWidget):
         Without ``select`` the current choice is kept when it still exists.
         """
         keep = select if select is not None else self.selected_model()
-        browsed = [
-            (self.model_combo.itemText(i), self.model_combo.itemData(i))
-            for i in range(self.model_combo.count())
-            if self.model_combo.itemData(i, KIND_ROLE) == "file"
-        ]
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
+        choices: list[tuple[str, str]] = []
+        self._names: dict[str, str] = {}
         for info in self.store.list():
             label = info.name + (" (bundled)" if info.bundled else "")
             if info.val_dice is not None:
                 label += f"  Dice {info.val_dice:.2f}"
-            self.model_combo.addItem(label, str(info.path))
-            self.model_combo.setItemData(self.model_combo.count() - 1, info.name, NAME_ROLE)
-        for text, path in browsed:
-            self._add_file_item(text, path)
-        self.model_combo.addItem(BROWSE, None)
-        self.model_combo.blockSignals(False)
-        index = self._find_model(keep) if keep is not None else -1
-        if index < 0 and keep is not None and select is not None and Path(str(keep)).exists():
-            index = self._add_file_item(Path(str(keep)).name, str(keep))
-        self.model_combo.setCurrentIndex(max(index, 0) if self.model_combo.count() > 1 else 0)
+            choices.append((label, str(info.path)))
+            self._names[str(info.path)] = info.name
+        self._store_choices = choices
+        pick = self._find_model(keep) if keep is not None else None
+        if pick is None and keep is not None and select is not None and Path(str(keep)).exists():
+            pick = self._add_file(str(keep))
+        self._set_model_choices()
+        all_choices = self._model_values()
+        if pick is None:
+            pick = all_choices[0] if len(all_choices) > 1 else BROWSE
+        with self.model_combo.changed.blocked():
+            self.model_combo.value = pick
         self._on_model_changed()
 
-    def _add_file_item(self, text: str, path: str) -> int:
-        index = max(0, self.model_combo.count() - (1 if self._browse_index() >= 0 else 0))
-        self.model_combo.insertItem(index, text, path)
-        self.model_combo.setItemData(index, "file", KIND_ROLE)
-        return index
+    def _model_values(self) -> list[str]:
+        return [value for _, value in self._store_choices + self._files] + [BROWSE]
 
-    def _browse_index(self) -> int:
-        return self.model_combo.findText(BROWSE)
+    def _model_choices(self, *_: Any) -> list[tuple[str, str]]:
+        return [*self._store_choices, *self._files, (BROWSE, BROWSE)]
 
-    def _find_model(self, spec: str) -> int:
-        for i in range(self.model_combo.count()):
-            path = self.model_combo.itemData(i)
-            name = self.model_combo.itemData(i, NAME_ROLE)
-            if path is not None and (spec in (path, name) or _same_path(spec, path)):
-                return i
-        return -1
+    def _set_model_choices(self) -> None:
+        """Reload the model box (items in order: store versions, browsed files, Browse)."""
+        combo = self.model_combo
+        with combo.changed.blocked():
+            keep = combo.value
+            combo.native.clear()  # magicgui keeps old items first; rebuild in order
+            combo.choices = self._model_choices
+            values = self._model_values()
+            combo.value = keep if keep in values else values[0]
+
+    def _add_file(self, path: str) -> str:
+        if all(value != path for _, value in self._files):
+            self._files.append((Path(path).name, path))
+        return path
+
+    def _find_model(self, spec: str) -> str | None:
+        for _, path in self._store_choices + self._files:
+            if spec in (path, self._names.get(path)) or _same_path(spec, path):
+                return path
+        return None
 
     def selected_model(self) -> str | None:
         """The chosen model version as a path ``ModelStore.resolve`` accepts, or None."""
-        return self.model_combo.currentData()
+        value = self.model_combo.value
+        return None if value in (None, BROWSE) else str(value)
+
+    def _on_model_chosen(self, value: Any) -> None:
+        if value == BROWSE:
+            self._just_browsed = True
+            self._browse_for_model()
+        else:
+            self._on_model_changed()
 
     def _on_model_activated(self, index: int) -> None:
-        if self.model_combo.itemText(index) != BROWSE:
-            self._model_index = index
-            return
-        path = self.browse()
-        if path:
-            self.model_combo.setCurrentIndex(self._add_file_item(Path(path).name, str(path)))
-        else:
-            self.model_combo.setCurrentIndex(min(self._model_index, self.model_combo.count() - 1))
-        self._model_index = self.model_combo.currentIndex()
+        if self.model_combo.native.itemText(index) == BROWSE and not self._just_browsed:
+            self._browse_for_model()
+        self._just_browsed = False
 
     def _on_model_changed(self, *_: Any) -> None:
         path = self.selected_model()
         if path is None:
-            none = self.model_combo.count() <= 1
-            self.model_note.setText(
+            none = len(self._model_values()) <= 1
+            self.model_note.value = (
                 "No model installed: train one (napari-covid-seg train) or browse for a file."
                 if none
                 else ""
             )
             return
-        self._model_index = self.model_combo.currentIndex()
+        self._model = path
         from ..models.metadata import read_model_json
 
         try:
@@ -252,14 +315,28 @@ class SegmentWidget(QWidget):
         arch = (meta.get("architecture") or {}).get("name", "")
         threshold = (meta.get("preprocessing") or {}).get("threshold")
         if threshold is not None:
-            self.threshold.setValue(float(threshold))
+            self.threshold.value = float(threshold)
         description = str(meta.get("description", "")).strip()
-        self.model_note.setText(f"{arch}: {description}" if description else arch)
-        self.model_note.setToolTip(description)
+        self.model_note.value = f"{arch}: {description}" if description else arch
+        self.model_note.tooltip = description or None
+
+    def _browse_for_model(self) -> None:
+        """ "Browse file..." was chosen: add the file picked, or go back to the last model."""
+        path = self.browse()
+        if path:
+            pick = self._add_file(str(path))
+            self._set_model_choices()
+        else:
+            pick = self._model if self._model in self._model_values() else BROWSE
+        with self.model_combo.changed.blocked():
+            self.model_combo.value = pick
+        self._on_model_changed()
 
     def _browse_dialog(self) -> str | None:
+        from qtpy.QtWidgets import QFileDialog
+
         path, _ = QFileDialog.getOpenFileName(
-            self,
+            self.native,
             "Model weights",
             "",
             "Model files (model.json *.safetensors *.pt *.pth);;All files (*)",
@@ -270,11 +347,10 @@ class SegmentWidget(QWidget):
     def _update_device_note(self, *_: Any) -> None:
         from ..inference.device import describe_device, resolve_device
 
-        choice = self.device_combo.currentText()
-        if choice != "auto":
-            self.device_note.setText("")
+        if self.device_combo.value != "auto":
+            self.device_note.value = ""
             return
-        self.device_note.setText(f"auto → {describe_device(resolve_device('auto'))}")
+        self.device_note.value = f"auto → {describe_device(resolve_device('auto'))}"
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -287,7 +363,7 @@ class SegmentWidget(QWidget):
         if self.running:
             notify_warning("A segmentation is already running; cancel it or wait.")
             return None
-        image = self.image_combo.current_layer()
+        image = self.image_combo.value
         if image is None:
             notify_error(
                 "No CT image to segment: open a CT (File > Open, or File > Open Sample > "
@@ -300,7 +376,7 @@ class SegmentWidget(QWidget):
                 "No model chosen: install or train a model version, or use 'Browse file...'."
             )
             return None
-        device = self.device_combo.currentText()
+        device = self.device_combo.value
         if device == "cuda":
             from ..inference.device import cuda_available
 
@@ -320,18 +396,18 @@ class SegmentWidget(QWidget):
                 f"'{image.name}' holds values 0..255, not Hounsfield units: it is treated as "
                 "an image already in the lung window (HU = -1350 + value x 1500 / 255)."
             )
-        self.results.setText("")  # the previous run's numbers would be stale
-        batch = self.batch_size.value() or "auto"
+        self.results.value = ""  # the previous run's numbers would be stale
+        batch = self.batch_size.value or "auto"
         self._request = SegmentRequest(
             volume=volume,
             model=model,
             device=device,
             batch_size=batch,
-            threshold=self.threshold.value(),
-            restrict_to_lungs=self.restrict.isChecked(),
-            tta=self.tta.isChecked(),
-            uncertainty_map=self.want_uncertainty.isChecked(),
-            attention=self.want_attention.isChecked(),
+            threshold=self.threshold.value,
+            restrict_to_lungs=self.restrict.value,
+            tta=self.tta.value,
+            uncertainty_map=self.want_uncertainty.value,
+            attention=self.want_attention.value,
         )
         self._image = image
         return self._start(self._request)
@@ -349,10 +425,10 @@ class SegmentWidget(QWidget):
         self._reported = False
         self._pbar = progress(total=0, desc="Segmenting lesions")
         self._started = time.perf_counter()
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText("Loading the model and the lung mask...")
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = "Loading the model and the lung mask..."
         worker.start()
         return worker
 
@@ -366,15 +442,15 @@ class SegmentWidget(QWidget):
         if self._request is None:
             return
         self._request.cancel.set()
-        self.status.setText("Cancelling...")
+        self.status.value = "Cancelling..."
 
     def _on_progress(self, step: Any) -> None:
         if self._reported:  # a late update (napari's progress bar may process events)
             return
         done, total = int(step[0]), int(step[1])
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-        self.status.setText(
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        self.status.value = (
             "Cancelling..."
             if self._request is not None and self._request.cancel.is_set()
             else f"Segmenting: {done}/{total} slices"
@@ -389,8 +465,8 @@ class SegmentWidget(QWidget):
 
     def _report_cancelled(self) -> None:
         self._reported = True
-        self.results.setText("")
-        self.status.setText("Cancelled; no layer was changed.")
+        self.results.value = ""
+        self.status.value = "Cancelled; no layer was changed."
         notify_info("Segmentation cancelled; no layer was added or changed.")
 
     def _on_returned(self, outcome: SegmentOutcome) -> None:
@@ -400,7 +476,7 @@ class SegmentWidget(QWidget):
             self._report_cancelled()
             return
         if outcome.error is not None:
-            self.status.setText("Failed.")
+            self.status.value = "Failed."
             notify_error(describe_error(outcome.error, "Segmentation"))
             return
         image = self._image
@@ -410,17 +486,17 @@ class SegmentWidget(QWidget):
         result = outcome.result
         self.labels_layer = put_lesion_layer(self.viewer, image, outcome, self.confirm)
         self._pending_layers = extra_layer_steps(
-            self.viewer, image, outcome, probability=self.want_probability.isChecked()
+            self.viewer, image, outcome, probability=self.want_probability.value
         )
         QTimer.singleShot(LAYER_STEP_MS, self._add_next_layer)
         seconds = time.perf_counter() - self._started
-        self.status.setText(
+        self.status.value = (
             f"Done in {seconds:.1f} s with '{result.model_name or 'the model'}' on "
             f"{result.device}, batch {result.batch_size}."
             + "".join(f"\n{m}" for m in result.messages)
         )
         if outcome.quantification is not None:
-            self.results.setText(
+            self.results.value = (
                 burden_html(outcome.quantification)
                 + "<br><i>As segmented; the Correct widget keeps it current.</i>"
             )
@@ -442,12 +518,13 @@ class SegmentWidget(QWidget):
             self._pbar = None
         self.worker = None
         self._request = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
 
-    def closeEvent(self, event: Any) -> None:
+    def close(self) -> None:
+        """Cancel a run and close."""
         self.cancel()
-        super().closeEvent(event)
+        super().close()
 
 
 def _same_path(a: str, b: str) -> bool:
