@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     # 1. Segment lesions: run the model, show the mask and the quantification.
     seg_dock, segment = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Segment lesions")
     segment.refresh_models(select=str(model))
-    segment.want_uncertainty.setChecked(True)
+    segment.want_uncertainty.value = True
     segment.run()
     wait(app, lambda: not segment.running)
     labels = viewer.layers["sample CT lesions"]

@@ -74,7 +74,7 @@ def finetune_widget_screenshot(
     image, truth = viewer.layers["sample CT"], viewer.layers["sample CT truth"]
     _, seg = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Segment lesions")
     seg.refresh_models(select=base)
-    seg.device_combo.setCurrentText(device)
+    seg.device_combo.value = device
     seg.run()
     _wait(lambda: not seg.running, 900)
     truth.visible = False
@@ -93,15 +93,15 @@ def finetune_widget_screenshot(
     _, ft = viewer.window.add_plugin_dock_widget("napari-covid-seg", "Fine-tune model", tabify=True)
     ft.refresh_models(select=base)
     ft.add_dataset(data)
-    ft.epochs_spin.setValue(epochs)
-    ft.device_combo.setCurrentText(device)
+    ft.epochs_spin.value = epochs
+    ft.device_combo.value = device
     if lr is not None:
         ft.extra_worker_args = ["--lr", str(lr)]
     ft.start()
     _wait(lambda: ft.run is not None and ft.run.finished, 1800)
     if ft.run.done is None:
         raise RuntimeError(f"fine-tuning failed: {ft.run.error} {ft.run.stderr[-2000:]}")
-    ft.parentWidget().raise_()
+    ft.native.parentWidget().raise_()
     layers = [la for la in viewer.layers if la.name.endswith("lesions")]
     if layers:
         viewer.layers.selection.active = layers[0]

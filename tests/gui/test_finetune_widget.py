@@ -56,10 +56,10 @@ def docked(viewer, tiny_model, qtbot):
     seg.refresh_models(select="tiny-phantom")
     ft = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(ft, name="Fine-tune model")
-    ft.device_combo.setCurrentText("cpu")
+    ft.device_combo.value = "cpu"
     ft.extra_worker_args = list(FAST)
-    ft.lr_combo.setCurrentText("1e-3")
-    ft.only_if_better.setChecked(False)  # a 2-slice validation decides nothing reliably
+    ft.lr_edit.value = "1e-3"
+    ft.only_if_better.value = False  # a 2-slice validation decides nothing reliably
     return store, seg, ft
 
 
@@ -79,13 +79,13 @@ def test_finetune_run_selects_new_version_and_rolls_back(
     assert find_segment_widget(viewer) is seg
     old_path = seg.selected_model()
     assert ft.selected_base() == "tiny-phantom"  # follows the Segment widget's choice
-    assert not ft.start_button.isEnabled()  # no dataset yet
+    assert not ft.start_button.enabled  # no dataset yet
     data = export_phantom(tmp_path / "export")
     summary = ft.add_dataset(data)
     assert (summary.n_cases, summary.n_slices, summary.n_reviewed_cases) == (1, 10, 1)
-    assert "1 case(s), 10 slices" in ft.data_summary.text()
-    assert ft.start_button.isEnabled()
-    ft.epochs_spin.setValue(2)
+    assert "1 case(s), 10 slices" in ft.data_summary.value
+    assert ft.start_button.enabled
+    ft.epochs_spin.value = 2
     args = ft.worker_arguments()
     assert args[:2] == ["--base", "tiny-phantom"] and "--stdin-control" in args
     assert args[args.index("--lr") + 1] == "1e-3"
@@ -93,7 +93,7 @@ def test_finetune_run_selects_new_version_and_rolls_back(
     assert ["--data", str(data)] == args[args.index("--data") : args.index("--data") + 2]
 
     ft.start()
-    assert ft.is_running() and ft.cancel_button.isEnabled() and not ft.start_button.isEnabled()
+    assert ft.is_running() and ft.cancel_button.enabled and not ft.start_button.enabled
     wait_finished(qtbot, ft)
     run = ft.run
     assert run.exit_code == 0 and run.error is None, run.stderr[-2000:]
@@ -105,7 +105,7 @@ def test_finetune_run_selects_new_version_and_rolls_back(
     xs, ys = ft.plot._l_dice.get_data()
     assert list(xs) == [1, 2] and np.allclose(ys, ft.plot.val_dice)
     assert ft.plot.baseline == pytest.approx(run.done["comparison"]["old_dice"])
-    assert ft.progress.value() == 1000
+    assert ft.progress.value == 1000
 
     # registered with the right parent and selected in the Segment widget
     info = store.info("tiny-phantom-ft")
@@ -113,17 +113,17 @@ def test_finetune_run_selects_new_version_and_rolls_back(
     assert seg.selected_model() == str(info.path)
     assert ft.selected_base() == "tiny-phantom-ft"  # the next round starts from it
     cmp = run.done["comparison"]
-    text = ft.result_label.text()
+    text = ft.result_label.value
     assert f"old {cmp['old_dice']:.3f} → new {cmp['new_dice']:.3f}" in text
     assert "tiny-phantom-ft" in text and "parent tiny-phantom" in text
-    assert ft.rollback_button.isEnabled() and "tiny-phantom" in ft.rollback_button.text()
+    assert ft.rollback_button.enabled and "tiny-phantom" in ft.rollback_button.text
 
     # Roll back: one click, the previous model is selected again; the new one stays stored
-    ft.rollback_button.click()
+    ft.rollback_button.clicked.emit()
     assert seg.selected_model() == old_path
     assert (
-        "Rolled back" in ft.status_label.text()
-        and "Use tiny-phantom-ft" in ft.rollback_button.text()
+        "Rolled back" in ft.status_label.value
+        and "Use tiny-phantom-ft" in ft.rollback_button.text
     )
     assert "tiny-phantom-ft" in store.names()
     assert not [n for n in notes if n[0] == "error"]
@@ -131,17 +131,17 @@ def test_finetune_run_selects_new_version_and_rolls_back(
 
     # A version that scores worse than its base is not switched to by default: one warning,
     # the selection stays, and the button offers to use it anyway.
-    ft.only_if_better.setChecked(True)
+    ft.only_if_better.value = True
     worse = {**run.done, "comparison": {**cmp, "old_dice": 0.8, "new_dice": 0.5}}
     notes.clear()
     ft._finish_success(worse)
     assert seg.selected_model() == old_path
     assert [n[0] for n in notes] == ["warning"] and "not selected" in notes[0][1]
-    assert "old 0.800 → new 0.500 (-0.300)" in ft.result_label.text()
-    assert ft.rollback_button.text() == "Use tiny-phantom-ft"
-    ft.rollback_button.click()
+    assert "old 0.800 → new 0.500 (-0.300)" in ft.result_label.value
+    assert ft.rollback_button.text == "Use tiny-phantom-ft"
+    ft.rollback_button.clicked.emit()
     assert seg.selected_model() == str(info.path)
-    assert ft.rollback_button.text() == "Roll back to tiny-phantom"
+    assert ft.rollback_button.text == "Roll back to tiny-phantom"
 
 
 def test_cancel_stops_cleanly_and_keeps_best_version(
@@ -150,14 +150,14 @@ def test_cancel_stops_cleanly_and_keeps_best_version(
     viewer = make_napari_viewer()
     store, seg, ft = docked(viewer, tiny_model, qtbot)
     ft.add_dataset(export_phantom(tmp_path / "export"))
-    ft.epochs_spin.setValue(300)
+    ft.epochs_spin.value = 300
     ft.extra_worker_args = [*FAST, "--patience", "300"]
     ft.start()
     qtbot.waitUntil(
         lambda: any(e["event"] == "epoch" for e in ft.run.events), timeout=RUN_TIMEOUT_MS
     )
-    ft.cancel_button.click()  # SIGTERM + "stop" on stdin
-    assert ft.run.cancelled and not ft.cancel_button.isEnabled()
+    ft.cancel_button.clicked.emit()  # SIGTERM + "stop" on stdin
+    assert ft.run.cancelled and not ft.cancel_button.enabled
     wait_finished(qtbot, ft)
     done = ft.run.done
     assert done is not None and done["stopped"] == "cancelled", ft.run.stderr[-2000:]
@@ -167,8 +167,8 @@ def test_cancel_stops_cleanly_and_keeps_best_version(
     # cancelled: no comparison on held-out slices, so no automatic switch; one click uses it
     assert done["comparison"] is None
     assert seg.selected_model() != str(info.path)
-    assert ft.rollback_button.text() == f"Use {done['name']}"
-    ft.rollback_button.click()
+    assert ft.rollback_button.text == f"Use {done['name']}"
+    ft.rollback_button.clicked.emit()
     assert seg.selected_model() == str(info.path)
     assert not [n for n in notes if n[0] == "error"]
 
@@ -183,20 +183,21 @@ def test_failures_give_one_notification_and_keep_the_selection(
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "not a dataset" in ft.add_dataset(empty).problem
-    assert not ft.start_button.isEnabled()
-    assert "not a dataset" in ft.data_summary.text()
+    assert not ft.start_button.enabled
+    assert "not a dataset" in ft.data_summary.value
     ft.start()
     errors = [n for n in notes if n[0] == "error"]
     assert len(errors) == 1 and "not a dataset" in errors[0][1], notes
     assert ft.run is None and not ft.is_running()
     assert seg.selected_model() == before and user_models(store) == ["tiny-phantom"]
-    assert not ft.rollback_button.isEnabled()
+    assert not ft.rollback_button.enabled
 
     # 2. the process dies (killed, e.g. by the out-of-memory killer) mid-run
     notes.clear()
-    ft.data_list.clear()
+    for folder in ft.datasets():
+        ft.remove_dataset(folder)
     ft.add_dataset(export_phantom(tmp_path / "export"))
-    ft.epochs_spin.setValue(300)
+    ft.epochs_spin.value = 300
     ft.start()
     qtbot.waitUntil(
         lambda: any(e["event"] == "start" for e in ft.run.events), timeout=RUN_TIMEOUT_MS

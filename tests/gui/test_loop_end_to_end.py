@@ -34,7 +34,7 @@ def test_segment_correct_export_finetune_segment_again(
     seg = SegmentWidget(viewer, store=store, confirm=lambda title, text: False)
     viewer.window.add_dock_widget(seg, name="Segment lesions")
     seg.refresh_models(select="tiny-phantom")
-    seg.device_combo.setCurrentText("cpu")
+    seg.device_combo.value = "cpu"
 
     # 1. segment with the current model
     assert seg.run() is not None
@@ -89,10 +89,10 @@ def test_segment_correct_export_finetune_segment_again(
     assert ft.selected_base() == "tiny-phantom"
     summary = ft.add_dataset(export)
     assert (summary.n_cases, summary.n_slices) == (1, len(reviewed))
-    ft.epochs_spin.setValue(1)
-    ft.device_combo.setCurrentText("cpu")
-    ft.only_if_better.setChecked(False)
-    ft.lr_combo.setCurrentText("1e-3")
+    ft.epochs_spin.value = 1
+    ft.device_combo.value = "cpu"
+    ft.only_if_better.value = False
+    ft.lr_edit.value = "1e-3"
     ft.extra_worker_args = ["--amp", "off"]
     ft.start()
     qtbot.waitUntil(lambda: ft.run is not None and ft.run.finished, timeout=TIMEOUT_MS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -119,16 +120,24 @@ def find_partner(viewer: Any, layer: Any, wanted_role: str) -> Any | None:
     return None
 
 
-def scrolled(widget: QWidget, min_height: int = 40) -> Any:
+def scrolled(widget: QWidget, min_height: int = 40, hint_height: int | None = None) -> Any:
     """``widget`` in a frameless vertical scroll area (docks stay usable on small screens).
 
     The area may shrink to ``min_height`` pixels, so that several docks fit one
-    laptop screen; what does not fit scrolls.
+    laptop screen; what does not fit scrolls. With ``hint_height`` it asks for at
+    most that height (a modest dock that leaves the height to the others).
     """
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QSize, Qt
     from qtpy.QtWidgets import QFrame, QScrollArea
 
-    area = QScrollArea()
+    class Area(QScrollArea):
+        def sizeHint(self) -> QSize:
+            hint = super().sizeHint()
+            if hint_height is None:
+                return hint
+            return QSize(hint.width(), min(hint.height(), hint_height))
+
+    area = Area()
     area.setWidget(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
@@ -271,7 +280,26 @@ def layer_picker(
     combo.choices = lambda _widget: [
         (layer.name, layer) for layer in viewer.layers if accept(layer)
     ]
+    combo.reset_choices = partial(_reset_in_order, combo)
     return combo
+
+
+def _reset_in_order(combo: Any, *_: Any) -> None:
+    """Reload ``combo``'s choices in the layer list's order, keeping its value if it stays.
+
+    (magicgui keeps the items it already has and appends new names, so a renamed
+    layer would move to the end; ``changed`` is emitted only when the value changes.)
+    """
+    from magicgui.widgets import ComboBox
+
+    keep = combo.value
+    with combo.changed.blocked():
+        combo.native.clear()
+        ComboBox.reset_choices(combo)
+        if keep is not None and keep in combo.choices:
+            combo.value = keep
+    if combo.value is not keep:
+        combo.changed.emit(combo.value)
 
 
 def follow_layers(viewer: Any, callback: Callable[..., Any]) -> None:

@@ -27,25 +27,20 @@ import os
 import sys
 from typing import Any
 
-from qtpy.QtCore import QProcess, QProcessEnvironment, QSize, Qt, QTimer
-from qtpy.QtWidgets import (
-    QApplication,
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
+import napari.viewer
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
 )
+from qtpy.QtCore import QProcess, QProcessEnvironment, QTimer
+from qtpy.QtWidgets import QApplication, QCompleter, QFileDialog, QSizePolicy
 
 from ..training.finetune_run import (
     DEFAULT_EPOCHS,
@@ -64,7 +59,7 @@ from ..training.finetune_run import (
     summarize_dataset,
     worker_arguments,
 )
-from ._layers import scrolled
+from ._layers import scrolled, wrap_labels
 from ._notify import notify_error, notify_info, notify_warning
 from ._plot import TrainingPlot
 
@@ -82,9 +77,9 @@ __all__ = [
     "summarize_dataset",
 ]
 
-PATH_ROLE = Qt.ItemDataRole.UserRole + 1  # a model version's folder in the base list
 #: Seconds to wait for a clean stop after Cancel before the process is killed.
 CANCEL_GRACE_S = 120
+_TOOLTIP_ROLE = 3  # Qt.ItemDataRole.ToolTipRole
 
 
 def find_segment_widget(viewer: Any) -> Any | None:
@@ -105,17 +100,23 @@ def find_segment_widget(viewer: Any) -> Any | None:
 # -- the widget ------------------------------------------------------------------------------------
 
 
-class FineTuneWidget(QWidget):
-    """Dock widget "Fine-tune model"; see the module docstring.
+class FineTuneWidget(Container):
+    """Dock widget "Fine-tune model" (a magicgui container); see the module docstring.
 
-    Public for scripts and tests: :meth:`add_dataset`, :meth:`start`,
-    :meth:`cancel`, :meth:`rollback`, :meth:`is_running`, :attr:`run`
+    The form: ``base_combo``, ``data_list`` (the dataset folders), ``epochs_spin``,
+    ``lr_edit`` ("auto" or a number), ``device_combo``, ``replay_check``,
+    ``replay_edit``, ``name_edit``, ``only_if_better``; then ``start_button``,
+    ``cancel_button``, ``progress``, ``status_label``, ``rollback_button``. Set
+    values with ``widget.epochs_spin.value = 2`` etc.
+
+    Public for scripts and tests: :meth:`add_dataset`, :meth:`remove_dataset`,
+    :meth:`start`, :meth:`cancel`, :meth:`rollback`, :meth:`is_running`, :attr:`run`
     (the last :class:`RunState`), :attr:`plot`, :attr:`extra_worker_args`
     (appended to the worker command line, e.g. ``["--amp", "off"]``).
     """
 
-    def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.run: RunState | None = None
         self.extra_worker_args: list[str] = []
@@ -126,7 +127,10 @@ class FineTuneWidget(QWidget):
         self._replay_suggested: str | None = None
         self._replay_user_choice = False  # the user ticked/unticked replay themselves
         self._process: QProcess | None = None
-        self._kill_timer = QTimer(self)
+        self._bases: list[tuple[str, str]] = []  # (label, store name) of the base list
+        self._base_paths: dict[str, str] = {}  # store name -> folder
+        self._datasets: list[str] = []
+        self._kill_timer = QTimer(self.native)
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self._kill)
         self._build_ui()
@@ -140,133 +144,149 @@ class FineTuneWidget(QWidget):
     def _build_ui(self) -> None:
         # Settings, plot and result scroll; Start/Cancel, progress, status and Roll back
         # stay in view, so the widget works docked under the others on a laptop screen.
-        body = QWidget()
-        body_layout = QVBoxLayout(body)
-        body_layout.setContentsMargins(0, 0, 0, 0)
-        form = QFormLayout()
-        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        self.base_combo = QComboBox()
-        self.base_combo.setToolTip("The model version to continue training from")
-        self.base_combo.currentIndexChanged.connect(self._on_base_changed)
-        refresh = QPushButton("↻")
-        refresh.setFixedWidth(28)
-        refresh.setToolTip("Reload the model list")
-        refresh.clicked.connect(lambda: self.refresh_models())
-        row = QHBoxLayout()
-        row.addWidget(self.base_combo, 1)
-        row.addWidget(refresh)
-        form.addRow("Base model", row)
-
-        self.data_list = QListWidget()
-        self.data_list.setMaximumHeight(64)
-        self.data_list.setToolTip("Folders written by 'Export for training' (nnU-Net v2 raw)")
-        add = QPushButton("Add folder…")
-        add.clicked.connect(self._browse_dataset)
-        remove = QPushButton("Remove")
-        remove.clicked.connect(self._remove_dataset)
-        buttons = QHBoxLayout()
-        buttons.addWidget(add)
-        buttons.addWidget(remove)
-        box = QVBoxLayout()
-        box.addWidget(self.data_list)
-        box.addLayout(buttons)
-        form.addRow("Corrected data", box)
-        self.data_summary = QLabel("No dataset folder yet")
-        self.data_summary.setWordWrap(True)
-        form.addRow("", self.data_summary)
-
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 1000)
-        self.epochs_spin.setValue(DEFAULT_EPOCHS)
-        self.epochs_spin.setToolTip(
-            "Upper bound; early stopping ends sooner when validation Dice stops improving"
+        self.base_combo = ComboBox(
+            name="base",
+            label="Base model",
+            choices=lambda _w: self._bases,
+            tooltip="The model version to continue training from",
         )
-        form.addRow("Epochs", self.epochs_spin)
-        self.lr_combo = QComboBox()
-        self.lr_combo.setEditable(True)
-        self.lr_combo.addItems(LEARNING_RATES)
-        self.lr_combo.setToolTip("Learning rate (AdamW, cosine decay)")
-        form.addRow("Learning rate", self.lr_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        form.addRow("Device", self.device_combo)
+        self.base_combo.changed.connect(self._on_base_changed)
+        refresh = PushButton(name="refresh", text="↻", tooltip="Reload the model list")
+        refresh.native.setFixedWidth(28)
+        refresh.changed.connect(lambda *_: self.refresh_models())
+        base_row = _row("base_row", "Base model", self.base_combo, refresh)
 
-        self.replay_check = QCheckBox("Replay earlier training data")
-        self.replay_check.setToolTip(
-            "Mix a sample of the base model's training data into each epoch so it does not "
-            "forget what it knew (slower; on by default where that data is on this computer: "
-            "it limited the damage of fine-tuning on a few slices in docs/loop_experiment.md)"
+        self.data_list = Select(
+            name="data_list",
+            choices=lambda _w: self._datasets,
+            tooltip="Folders written by 'Export for training' (nnU-Net v2 raw)",
         )
-        self.replay_check.clicked.connect(self._on_replay_clicked)
-        self.replay_edit = QLineEdit()
-        self.replay_edit.setPlaceholderText("folder with the base model's training data")
-        self.replay_edit.textChanged.connect(self._on_replay_edited)
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.clicked.connect(self._browse_replay)
-        row = QHBoxLayout()
-        row.addWidget(self.replay_edit, 1)
-        row.addWidget(browse)
-        box = QVBoxLayout()
-        box.addWidget(self.replay_check)
-        box.addLayout(row)
-        form.addRow("Replay", box)
-        self.name_edit = QLineEdit()
-        self.name_edit.setPlaceholderText("<base>-ft")
-        form.addRow("New name", self.name_edit)
-        self.only_if_better = QCheckBox("Use it only if held-out Dice does not drop")
-        self.only_if_better.setChecked(True)
-        self.only_if_better.setToolTip(
-            "Select the new version in the Segment widget only if it beats the base model on "
-            "the same validation slices (it is registered either way)"
+        self.data_list.native.setMaximumHeight(64)
+        add = PushButton(name="add_folder", text="Add folder…")
+        add.changed.connect(lambda *_: self._browse_dataset())
+        remove = PushButton(name="remove_folder", text="Remove")
+        remove.changed.connect(lambda *_: self._remove_dataset())
+        data_box = Container(
+            name="data",
+            label="Corrected data",
+            labels=False,
+            widgets=[self.data_list, _row("data_buttons", "", add, remove)],
         )
-        form.addRow("", self.only_if_better)
-        body_layout.addLayout(form)
+        data_box.margins = (0, 0, 0, 0)
+        self.data_summary = Label(name="data_summary", label="", value="No dataset folder yet")
 
-        row = QHBoxLayout()
-        self.start_button = QPushButton("Start fine-tuning")
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("Stop after the current batch and keep the best version")
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.start_button, 1)
-        row.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.status_label = QLabel("Idle")
-        self.status_label.setWordWrap(True)
-        self.plot = TrainingPlot(self)
+        self.epochs_spin = SpinBox(
+            name="epochs",
+            label="Epochs",
+            value=DEFAULT_EPOCHS,
+            min=1,
+            max=1000,
+            tooltip="Upper bound; early stopping ends sooner when validation Dice stops improving",
+        )
+        self.lr_edit = LineEdit(
+            name="learning_rate",
+            label="Learning rate",
+            value=LEARNING_RATES[0],
+            tooltip="AdamW, cosine decay: 'auto' or a number, e.g. "
+            + ", ".join(LEARNING_RATES[1:]),
+        )
+        self.lr_edit.native.setCompleter(QCompleter(list(LEARNING_RATES), self.lr_edit.native))
+        self.device_combo = ComboBox(name="device", label="Device", choices=DEVICES)
+
+        self.replay_check = CheckBox(
+            name="replay_check",
+            text="Replay earlier training data",
+            tooltip="Mix a sample of the base model's training data into each epoch so it "
+            "does not forget what it knew (slower; on by default where that data is on this "
+            "computer: it limited the damage of fine-tuning on a few slices in "
+            "docs/loop_experiment.md)",
+        )
+        self.replay_check.native.clicked.connect(self._on_replay_clicked)  # the user's click
+        self.replay_edit = LineEdit(name="replay_edit")
+        self.replay_edit.native.setPlaceholderText("folder with the base model's training data")
+        self.replay_edit.changed.connect(self._on_replay_edited)
+        browse = PushButton(name="replay_browse", text="…")
+        browse.native.setFixedWidth(28)
+        browse.changed.connect(lambda *_: self._browse_replay())
+        replay_box = Container(
+            name="replay",
+            label="Replay",
+            labels=False,
+            widgets=[self.replay_check, _row("replay_row", "", self.replay_edit, browse)],
+        )
+        replay_box.margins = (0, 0, 0, 0)
+        self.name_edit = LineEdit(name="new_name", label="New name")
+        self.name_edit.native.setPlaceholderText("<base>-ft")
+        self.only_if_better = CheckBox(
+            name="only_if_better",
+            text="Use it only if held-out Dice does not drop",
+            value=True,
+            tooltip="Select the new version in the Segment widget only if it beats the base "
+            "model on the same validation slices (it is registered either way)",
+        )
+        form = Container(
+            name="form",
+            widgets=[
+                base_row,
+                data_box,
+                self.data_summary,
+                self.epochs_spin,
+                self.lr_edit,
+                self.device_combo,
+                replay_box,
+                self.name_edit,
+                self.only_if_better,
+            ],
+        )
+        form.margins = (0, 0, 0, 0)
+        self.result_label = Label(name="result_label", value="No fine-tuned model yet")
+        result = Container(name="result", label="Result", widgets=[self.result_label])
+        self.body = Container(name="body", labels=False, widgets=[form])
+        self.body.margins = (0, 0, 0, 0)
+        # The loss/Dice plot is matplotlib (no magicgui widget), embedded in the body.
+        self.plot = TrainingPlot(self.body.native)
         self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.plot.setMinimumHeight(150)
-        body_layout.addWidget(self.plot, 1)
+        self.body.native.layout().addWidget(self.plot, 1)
+        self.body.native.layout().addWidget(result.native)
+        self.result_container = result
 
-        result = QGroupBox("Result")
-        box = QVBoxLayout(result)
-        self.result_label = QLabel("No fine-tuned model yet")
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        box.addWidget(self.result_label)
-        body_layout.addWidget(result)
-        self.rollback_button = QPushButton("Roll back")
-        self.rollback_button.setEnabled(False)
-        self.rollback_button.setToolTip("Select the previous model in the Segment widget again")
-        self.rollback_button.clicked.connect(self._on_rollback_clicked)
+        self.start_button = PushButton(name="start_button", text="Start fine-tuning")
+        self.start_button.changed.connect(lambda *_: self.start())
+        self.cancel_button = PushButton(
+            name="cancel_button",
+            text="Cancel",
+            enabled=False,
+            tooltip="Stop after the current batch and keep the best version",
+        )
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        buttons = Container(
+            name="buttons",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.start_button, self.cancel_button],
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(name="progress", value=0, min=0, max=1000, label="")
+        self.progress.native.setFormat("")
+        self.status_label = Label(name="status_label", value="Idle")
+        self.rollback_button = PushButton(
+            name="rollback_button",
+            text="Roll back",
+            enabled=False,
+            tooltip="Select the previous model in the Segment widget again",
+        )
+        self.rollback_button.changed.connect(lambda *_: self._on_rollback_clicked())
+        wrap_labels(self.data_summary, self.result_label, self.status_label)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(scrolled(body), 1)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.rollback_button)
+        self.margins = (4, 4, 4, 4)
+        self.extend([buttons, self.progress, self.status_label, self.rollback_button])
+        # The body scrolls and asks for little height, so the Correct widget above gets it.
+        self.native.layout().insertWidget(0, scrolled(self.body.native, hint_height=320), 1)
 
-    def sizeHint(self) -> QSize:
-        """Modest: settings scroll, so the Correct widget above gets the height."""
-        hint = super().sizeHint()
-        return QSize(hint.width(), min(hint.height(), 320))
+    def reset_choices(self, *_: Any) -> None:
+        super().reset_choices()
+        self.body.reset_choices()  # the body sits in a scroll area of its own
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -275,42 +295,45 @@ class FineTuneWidget(QWidget):
         from ..models.store import ModelStore
 
         keep = select or self.selected_base()
-        self.base_combo.blockSignals(True)
-        self.base_combo.clear()
         try:
             infos = [i for i in ModelStore().list() if i.error is None]
         except Exception as err:
             infos = []
-            self.status_label.setText(f"Cannot list models: {err}")
+            self.status_label.value = f"Cannot list models: {err}"
+        self._bases, self._base_paths = [], {}
         for info in infos:
             dice = info.val_dice
             label = info.name + (f"  (val Dice {dice:.3f})" if dice is not None else "")
             if info.parent:
                 label += f"  ← {info.parent}"
-            self.base_combo.addItem(label, info.name)
-            row = self.base_combo.count() - 1
-            self.base_combo.setItemData(row, str(info.path), PATH_ROLE)
-            self.base_combo.setItemData(row, str(info.path), Qt.ItemDataRole.ToolTipRole)
+            self._bases.append((label, info.name))
+            self._base_paths[info.name] = str(info.path)
         if keep is None:
             seg = find_segment_widget(self.viewer)
             keep = _call(seg, "selected_model") if seg is not None else None
-        index = self._find_base(keep) if keep is not None else -1
-        self.base_combo.setCurrentIndex(max(0, index) if self.base_combo.count() else -1)
-        self.base_combo.blockSignals(False)
+        with self.base_combo.changed.blocked():
+            self.base_combo.native.clear()  # magicgui keeps old items first; rebuild in order
+            self.base_combo.reset_choices()
+            name = self._find_base(keep) if keep is not None else None
+            if name is None and self._bases:
+                name = self._bases[0][1]
+            if name is not None:
+                self.base_combo.value = name
+        for i, (_, name) in enumerate(self._bases):
+            self.base_combo.native.setItemData(i, self._base_paths[name], _TOOLTIP_ROLE)
         self._on_base_changed()
 
-    def _find_base(self, spec: str) -> int:
-        """Row of a model given by store name or folder path (-1 if not listed)."""
-        for row in range(self.base_combo.count()):
-            name = self.base_combo.itemData(row)
-            path = self.base_combo.itemData(row, PATH_ROLE)
+    def _find_base(self, spec: str) -> str | None:
+        """Store name of a model given by store name or folder path (None if not listed)."""
+        for _, name in self._bases:
+            path = self._base_paths[name]
             if spec in (name, path) or same_path(str(spec), path):
-                return row
-        return -1
+                return name
+        return None
 
     def selected_base(self) -> str | None:
         """Store name of the chosen base model (None when the store is empty)."""
-        data = self.base_combo.currentData()
+        data = self.base_combo.value
         return None if data is None else str(data)
 
     def _on_base_changed(self, *_: Any) -> None:
@@ -323,13 +346,13 @@ class FineTuneWidget(QWidget):
                 suggestion = replay_suggestion(ModelStore().resolve(name))
             except Exception:
                 suggestion = None
-        current = self.replay_edit.text().strip()
+        current = self.replay_edit.value.strip()
         if suggestion is not None and (not current or current == self._replay_suggested):
             self._replay_suggested = suggestion[0]
-            self.replay_edit.setText(suggestion[0])
+            self.replay_edit.value = suggestion[0]
             self._replay_rotate_k = suggestion[1]
             if not self._replay_user_choice:
-                self.replay_check.setChecked(True)
+                self.replay_check.value = True
         self._update_start_enabled()
 
     def _on_replay_clicked(self, checked: bool) -> None:
@@ -339,46 +362,57 @@ class FineTuneWidget(QWidget):
 
     def datasets(self) -> list[str]:
         """The dataset folders listed, in order."""
-        return [self.data_list.item(i).text() for i in range(self.data_list.count())]
+        return list(self._datasets)
 
     def add_dataset(self, folder: str | os.PathLike) -> DatasetSummary:
         """Add a dataset folder (once) and update the summary line."""
         text = os.fspath(folder)
-        if text not in self.datasets():
-            self.data_list.addItem(text)
+        if text not in self._datasets:
+            self._datasets.append(text)
+            self.data_list.reset_choices()
         self._update_summary()
         return summarize_dataset(text)
 
+    def remove_dataset(self, folder: str | os.PathLike) -> None:
+        """Take a dataset folder off the list."""
+        text = os.fspath(folder)
+        if text in self._datasets:
+            self._datasets.remove(text)
+            self.data_list.reset_choices()
+        self._update_summary()
+
     def _browse_dataset(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Dataset folder (Export for training)")
+        folder = QFileDialog.getExistingDirectory(
+            self.native, "Dataset folder (Export for training)"
+        )
         if folder:
             self.add_dataset(folder)
 
     def _remove_dataset(self) -> None:
-        for item in self.data_list.selectedItems():
-            self.data_list.takeItem(self.data_list.row(item))
-        self._update_summary()
+        for folder in list(self.data_list.value):
+            self.remove_dataset(folder)
 
     def _update_summary(self) -> None:
         sums = [summarize_dataset(d) for d in self.datasets()]
         if not sums:
-            self.data_summary.setText("No dataset folder yet")
+            self.data_summary.value = "No dataset folder yet"
         else:
             cases = sum(s.n_cases for s in sums if not s.problem)
             slices = sum(s.n_slices for s in sums if not s.problem)
             lines = [s.text() for s in sums]
             if len(sums) > 1:
                 lines.append(f"total: {cases} case(s), {slices} slices")
-            self.data_summary.setText("\n".join(lines))
+            self.data_summary.value = "\n".join(lines)
         self._update_start_enabled()
 
     def _browse_replay(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "The base model's training data")
+        folder = QFileDialog.getExistingDirectory(self.native, "The base model's training data")
         if folder:
-            self.replay_edit.setText(folder)
-            self.replay_check.setChecked(True)
+            self.replay_edit.value = folder
+            self.replay_check.value = True
 
     def _on_replay_edited(self, text: str) -> None:
+        text = str(text)
         if text.strip() != (self._replay_suggested or ""):
             self._replay_rotate_k = None
 
@@ -386,9 +420,9 @@ class FineTuneWidget(QWidget):
         folders = self.datasets()
         usable = bool(folders) and not any(summarize_dataset(d).problem for d in folders)
         ready = self.selected_base() is not None and usable
-        self.start_button.setEnabled(ready and not self.is_running())
-        self.start_button.setToolTip(
-            ""
+        self.start_button.enabled = ready and not self.is_running()
+        self.start_button.tooltip = (
+            None
             if ready
             else "Add a dataset folder written by 'Export for training' (see the line above)"
             if self.selected_base() is not None
@@ -404,16 +438,16 @@ class FineTuneWidget(QWidget):
 
     def worker_arguments(self) -> list[str]:
         """The worker's command line (after ``python -m napari_covid_seg.training.worker``)."""
-        replay = self.replay_edit.text().strip() if self.replay_check.isChecked() else None
+        replay = self.replay_edit.value.strip() if self.replay_check.value else None
         return worker_arguments(
             self.selected_base() or "",
             self.datasets(),
-            epochs=self.epochs_spin.value(),
-            lr=self.lr_combo.currentText(),
-            device=self.device_combo.currentText(),
+            epochs=self.epochs_spin.value,
+            lr=self.lr_edit.value.strip(),
+            device=self.device_combo.value,
             replay=replay or None,
             replay_rotate_k=self._replay_rotate_k,
-            name=self.name_edit.text().strip() or None,
+            name=self.name_edit.value.strip() or None,
             extra=self.extra_worker_args,
         )
 
@@ -429,21 +463,20 @@ class FineTuneWidget(QWidget):
         if bad:
             self._notify_error(f"Cannot fine-tune on {bad[0].text()}; remove it or fix it first")
             return
-        if parse_lr(self.lr_combo.currentText()) is None:
+        if parse_lr(self.lr_edit.value.strip()) is None:
             self._notify_error(
-                f"Learning rate {self.lr_combo.currentText()!r} is not a number between 0 and 1 "
-                "(e.g. 1e-4)"
+                f"Learning rate {self.lr_edit.value!r} is not a number between 0 and 1 (e.g. 1e-4)"
             )
             return
         if self._process is not None:  # the finished process of the previous run
             self._process.deleteLater()
         self.run = RunState(base=base)
         self.plot.clear()
-        self.progress.setValue(0)
-        self.progress.setFormat("starting…")
-        self.result_label.setText("Running…")
-        self.status_label.setText("Starting the fine-tuning process…")
-        proc = QProcess(self)
+        self.progress.value = 0
+        self.progress.native.setFormat("starting…")
+        self.result_label.value = "Running…"
+        self.status_label.value = "Starting the fine-tuning process…"
+        proc = QProcess(self.native)
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
         proc.setProcessEnvironment(env)
@@ -454,8 +487,8 @@ class FineTuneWidget(QWidget):
         proc.finished.connect(self._on_finished)
         proc.errorOccurred.connect(self._on_process_error)
         self._process = proc
-        self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.start_button.enabled = False
+        self.cancel_button.enabled = True
         proc.start()
 
     def cancel(self) -> None:
@@ -464,8 +497,8 @@ class FineTuneWidget(QWidget):
         if proc is None or not self.is_running() or self.run is None:
             return
         self.run.cancelled = True
-        self.cancel_button.setEnabled(False)
-        self.status_label.setText("Stopping after the current batch; keeping the best version…")
+        self.cancel_button.enabled = False
+        self.status_label.value = "Stopping after the current batch; keeping the best version…"
         proc.write(b"stop\n")
         proc.terminate()  # SIGTERM on POSIX; the stdin line covers Windows
         self._kill_timer.start(CANCEL_GRACE_S * 1000)
@@ -505,11 +538,11 @@ class FineTuneWidget(QWidget):
     def _handle_event(self, event: dict[str, Any]) -> None:
         view = event_status(event)
         if view.status is not None:
-            self.status_label.setText(view.status)
+            self.status_label.value = view.status
         if view.progress is not None:
-            self.progress.setValue(int(1000 * view.progress))
+            self.progress.value = int(1000 * view.progress)
         if view.progress_text is not None:
-            self.progress.setFormat(view.progress_text)
+            self.progress.native.setFormat(view.progress_text)
         if view.epoch is not None:
             e = view.epoch
             self.plot.add_epoch(
@@ -541,12 +574,12 @@ class FineTuneWidget(QWidget):
         if run.done is not None and run.done.get("name"):
             self._finish_success(run.done)
             return
-        self.progress.setValue(0)
-        self.progress.setFormat("")
+        self.progress.value = 0
+        self.progress.native.setFormat("")
         kind, message = run.failure_message()
         if kind == "cancelled":
-            self.status_label.setText("Cancelled")
-            self.result_label.setText(
+            self.status_label.value = "Cancelled"
+            self.result_label.value = (
                 "Cancelled before the first epoch finished; nothing was saved."
                 if run.error is not None
                 else "Cancelled; nothing was saved."
@@ -556,21 +589,21 @@ class FineTuneWidget(QWidget):
         self._fail(message)
 
     def _reset_buttons(self) -> None:
-        self.cancel_button.setEnabled(False)
+        self.cancel_button.enabled = False
         self._update_start_enabled()
 
     def _fail(self, message: str) -> None:
-        self.status_label.setText("Failed")
-        self.result_label.setText(message)
+        self.status_label.value = "Failed"
+        self.result_label.value = message
         self._notify_error(message)
 
     def _finish_success(self, done: dict[str, Any]) -> None:
         name = str(done["name"])
         self.new_model = name
-        self.progress.setValue(1000)
-        self.progress.setFormat("done")
+        self.progress.value = 1000
+        self.progress.native.setFormat("done")
         metrics = done.get("metrics") or {}
-        decision = decide_switch(done, self.only_if_better.isChecked())
+        decision = decide_switch(done, self.only_if_better.value)
         compare, how, switch = decision.compare_text, decision.how, decision.switch
         seg = find_segment_widget(self.viewer)
         previous = _call(seg, "selected_model") if seg is not None else None
@@ -591,8 +624,8 @@ class FineTuneWidget(QWidget):
         self._using_new = seg is not None and switch
         self.refresh_models(select=name if switch else None)
         self._update_rollback_button(seg is not None)
-        self.status_label.setText(f"Done: {how}; best epoch {metrics.get('best_epoch')}")
-        self.result_label.setText(
+        self.status_label.value = f"Done: {how}; best epoch {metrics.get('best_epoch')}"
+        self.result_label.value = (
             f"New version '{name}' (parent {done.get('parent')}), {where}.\n{compare}"
         )
         message = f"Fine-tuned model '{name}' registered; {where}. {compare}"
@@ -603,12 +636,12 @@ class FineTuneWidget(QWidget):
 
     def _update_rollback_button(self, enabled: bool = True) -> None:
         if self._using_new:
-            self.rollback_button.setText(f"Roll back to {display_name(self.rollback_target)}")
-            self.rollback_button.setToolTip("Select the previous model in the Segment widget")
+            self.rollback_button.text = f"Roll back to {display_name(self.rollback_target)}"
+            self.rollback_button.tooltip = "Select the previous model in the Segment widget"
         else:
-            self.rollback_button.setText(f"Use {self.new_model}")
-            self.rollback_button.setToolTip("Select the fine-tuned model in the Segment widget")
-        self.rollback_button.setEnabled(
+            self.rollback_button.text = f"Use {self.new_model}"
+            self.rollback_button.tooltip = "Select the fine-tuned model in the Segment widget"
+        self.rollback_button.enabled = (
             enabled and self.new_model is not None and self.rollback_target is not None
         )
 
@@ -628,7 +661,7 @@ class FineTuneWidget(QWidget):
         self.refresh_models(select=target)
         self._using_new = False
         self._update_rollback_button()
-        self.status_label.setText(
+        self.status_label.value = (
             f"Rolled back: the Segment widget uses '{display_name(target)}' again "
             f"('{self.new_model}' stays in the model store)."
         )
@@ -642,7 +675,7 @@ class FineTuneWidget(QWidget):
         self.refresh_models(select=self.new_model)
         self._using_new = True
         self._update_rollback_button()
-        self.status_label.setText(f"The Segment widget uses '{self.new_model}'.")
+        self.status_label.value = f"The Segment widget uses '{self.new_model}'."
 
     # -- notifications ---------------------------------------------------------------------------
 
@@ -651,6 +684,13 @@ class FineTuneWidget(QWidget):
 
     def _notify_info(self, message: str) -> None:
         notify_info(message)
+
+
+def _row(name: str, label: str, *widgets: Any) -> Container:
+    """Widgets side by side (a horizontal magicgui container without labels)."""
+    row = Container(name=name, label=label, layout="horizontal", labels=False, widgets=widgets)
+    row.margins = (0, 0, 0, 0)
+    return row
 
 
 def _call(obj: Any, method: str) -> Any:
