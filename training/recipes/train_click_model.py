@@ -48,6 +48,7 @@ DESCRIPTION = (
     "clicks it is an automatic model. Research use only; see docs/click_to_fix.md."
 )
 ROUND_P = (0.3, 0.25, 0.2, 0.15, 0.1)  # click rounds 1..5
+FREEZE_BN = [True]  # set from --freeze-bn in main()
 
 
 def guidance_batch(
@@ -79,8 +80,23 @@ def predict(model: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> np.ndar
     was = model.training
     model.eval()
     out = (forward(model, x, g)[:, 0] > 0).numpy()
-    model.train(was)
+    if was:
+        model.train()
+        train_mode(model, FREEZE_BN[0])
     return out
+
+
+def train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    """Training mode; with ``freeze_bn`` BatchNorm keeps the base model's running statistics.
+
+    Fine-tuning a converged model with batches of 8 would otherwise move the
+    statistics the automatic (0-click) predictions depend on.
+    """
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def click_round(clicks: list[list[Any]], pred: np.ndarray, truth: np.ndarray) -> None:
@@ -119,6 +135,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from napari_covid_seg.training.losses import build_loss
 
     torch.set_num_threads(args.threads)
+    FREEZE_BN[0] = args.freeze_bn
     t_start = time.perf_counter()
     budget = 60.0 * args.minutes
     torch.manual_seed(args.seed)
@@ -195,7 +212,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         lr *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac))
         for group in opt.param_groups:
             group["lr"] = lr
-        model.train()
+        train_mode(model, args.freeze_bn)
         loss = loss_fn(forward(model, x, g), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,7 +224,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "event": "step",
                     "step": step,
                     "epoch": epoch,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "lr": lr,
                     "rounds": rounds,
                 }
@@ -248,6 +265,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(seconds, 1),
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "freeze_bn": args.freeze_bn,
             "p_auto": args.p_auto,
             "p_random": args.p_random,
             "click_rounds_p": list(ROUND_P),
@@ -295,7 +313,8 @@ if __name__ == "__main__":
     ap.add_argument("--minutes", type=float, default=33.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--radius", type=int, default=5)
     ap.add_argument("--p-auto", type=float, default=0.3)

@@ -277,6 +277,7 @@ class ClickSegmenter:
         spacing_yx_mm: tuple[float, float] = (1.0, 1.0),
         intensity: str = "hu",
         roi: Roi | Sequence[int] | None = None,
+        thickness_mm: float = SLICE_THICKNESS_MM,
     ) -> np.ndarray:
         """Lesion logits ``(H, W)`` float32 of one canonical slice given clicks and a mask."""
         import torch
@@ -286,7 +287,13 @@ class ClickSegmenter:
         if image.ndim != 2:
             raise ValueError(f"expected one axial slice (H, W), got shape {image.shape}")
         h, w = image.shape
-        ctx = self.context(image, spacing_yx_mm=spacing_yx_mm, intensity=intensity, roi=roi)
+        ctx = self.context(
+            image,
+            spacing_yx_mm=spacing_yx_mm,
+            intensity=intensity,
+            roi=roi,
+            thickness_mm=thickness_mm,
+        )
         t1 = time.perf_counter()
         side = ctx.roi.side if ctx.roi is not None else max(h, w)
         radius = native_radius(self.radius_px, side, self.predictor.model_hw(side, side)[0])
@@ -330,6 +337,7 @@ class ClickSegmenter:
         spacing_yx_mm: tuple[float, float] = (1.0, 1.0),
         intensity: str = "hu",
         roi: Roi | Sequence[int] | None = None,
+        thickness_mm: float = SLICE_THICKNESS_MM,
     ) -> np.ndarray:
         """The slice's new lesion mask (bool ``(H, W)``) from the clicks so far.
 
@@ -342,6 +350,7 @@ class ClickSegmenter:
             positives, negatives: all clicks on this slice so far, ``(row, col)``.
             spacing_yx_mm: in-plane pixel size (the lung mask's scale).
             roi: the volume's lung ROI (see :meth:`context`); None: this slice's.
+            thickness_mm: slice thickness (the lone slice's lung-mask volumes).
         Returns:
             bool ``(H, W)``: the model's mask (probability > its threshold);
             the caller replaces the slice with it as one undoable edit.
@@ -354,6 +363,7 @@ class ClickSegmenter:
             spacing_yx_mm=spacing_yx_mm,
             intensity=intensity,
             roi=roi,
+            thickness_mm=thickness_mm,
         )
         thr = float(np.log(self.threshold / (1.0 - self.threshold)))
         return logits > thr

@@ -1,7 +1,8 @@
 """The model store: the bundled default plus user model versions, one folder each.
 
 * Bundled versions: ``napari_covid_seg/bundled_models/<name>/`` (the default is
-  ``bundled_models/default/``); read-only, listed first, cannot be removed.
+  ``bundled_models/default/``, the click model of Click to fix
+  ``bundled_models/click/``); read-only, listed first, cannot be removed.
 * User versions: ``<root>/<name>/`` with ``root`` = ``$NAPARI_COVID_SEG_HOME/models``
   if that variable is set, else the per-user data folder from platformdirs.
 
@@ -31,6 +32,8 @@ from .metadata import (
 
 HOME_ENV = "NAPARI_COVID_SEG_HOME"
 DEFAULT_NAME = "default"
+#: The bundled click model (Click to fix; :mod:`..correction.clicks`).
+CLICK_NAME = "click"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -126,6 +129,11 @@ class ModelStore:
             raise ModelLoadError(
                 "No bundled default model is installed; train one with "
                 "`napari-covid-seg train` or pass --model PATH"
+            )
+        if text == CLICK_NAME and not (self.root / text / META_FILE).is_file():
+            raise ModelLoadError(
+                "No bundled click model is installed; train one with "
+                "training/recipes/train_click_model.py or pass a click model's folder"
             )
         user = self.root / text
         if _valid_name(text) and (user / META_FILE).is_file():
