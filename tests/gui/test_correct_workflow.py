@@ -153,7 +153,7 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
     assert widget.labels is labels  # showing does not switch the mask being edited
     qtbot.mouseClick(panel.edit_button, Qt.MouseButton.LeftButton)
     assert widget.labels is layer and widget.labels_combo.value is layer
-    assert "editing the lung mask" in widget.info.text()
+    assert "editing the lung mask" in widget.info.value
     layer.selected_label = 2  # shrink the left lung by 6 mm
     widget.tools_panel.margin.setValue(6.0)
     assert widget.tools_panel.shrink() > 0
@@ -350,11 +350,11 @@ def test_the_three_widgets_fit_a_1366x768_window(make_napari_viewer, qtbot, tmp_
     qtbot.wait(200)
     assert window.width() <= 1366 and window.height() <= 768
     must_see = {
-        "Segment": segment.run_button,
-        "Cancel segmentation": segment.cancel_button,
+        "Segment": segment.run_button.native,
+        "Cancel segmentation": segment.cancel_button.native,
         "lesion burden": correct.burden_panel,
-        "Start fine-tuning": finetune.start_button,
-        "Roll back": finetune.rollback_button,
+        "Start fine-tuning": finetune.start_button.native,
+        "Roll back": finetune.rollback_button.native,
     }
     for tab, buttons in (
         ("Tools", {"Grow": correct.tools_panel.grow_button}),

@@ -324,16 +324,3 @@ def wrap_labels(*labels: Any) -> None:
     for label in labels:
         label.native.setWordWrap(True)
         label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
-
-def tune_scroll(container: Any, min_height: int = 40) -> Any:
-    """A ``scrollable=True`` magicgui container: frameless, no horizontal bar, may shrink."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QFrame, QScrollArea
-
-    area = container.native
-    if isinstance(area, QScrollArea):
-        area.setFrameShape(QFrame.Shape.NoFrame)
-        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        area.setMinimumHeight(min_height)
-    return container

@@ -33,7 +33,7 @@ from ._layers import (
     is_ct_image,
     layer_picker,
     layer_volume,
-    tune_scroll,
+    scrolled,
     wrap_labels,
 )
 from ._notify import (
@@ -186,24 +186,22 @@ class SegmentWidget(Container):
         self.results = Label(name="results", value="")
         wrap_labels(self.model_note, self.device_note, self.status, self.results)
 
-        # Settings scroll; the buttons, progress and results always stay in view.
-        self.settings = tune_scroll(
-            Container(
-                name="settings",
-                scrollable=True,
-                widgets=[
-                    self.image_combo,
-                    self.model_combo,
-                    self.model_note,
-                    self.device_combo,
-                    self.device_note,
-                    self.threshold,
-                    self.batch_size,
-                    self.restrict,
-                    self.tta,
-                    outputs,
-                ],
-            )
+        # Settings scroll; the buttons, progress and results always stay in view. (Plain
+        # QScrollArea: magicgui's scrollable container cannot shrink below its content.)
+        self.settings = Container(
+            name="settings",
+            widgets=[
+                self.image_combo,
+                self.model_combo,
+                self.model_note,
+                self.device_combo,
+                self.device_note,
+                self.threshold,
+                self.batch_size,
+                self.restrict,
+                self.tta,
+                outputs,
+            ],
         )
         self.settings.margins = (0, 0, 0, 0)
         buttons = Container(
@@ -214,8 +212,13 @@ class SegmentWidget(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         self.margins = (4, 4, 4, 4)
-        self.extend([self.settings, buttons, self.progress, self.status, self.results])
-        self.native.layout().setStretch(0, 1)
+        self.extend([buttons, self.progress, self.status, self.results])
+        self.native.layout().insertWidget(0, scrolled(self.settings.native), 1)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Reload the layer choices (the settings sit in a scroll area of their own)."""
+        super().reset_choices()
+        self.settings.reset_choices()
 
     def _on_layers_changed(self, event: Any = None) -> None:
         """Reload the CT choices; a newly opened CT becomes the choice."""
