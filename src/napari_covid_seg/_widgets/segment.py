@@ -131,10 +131,10 @@ class SegmentWidget(Container):
         # "Browse file..." chosen again while it is the current entry changes no value.
         self.model_combo.native.activated.connect(self._on_model_activated)
         self._just_browsed = False
-        self.model_note = Label(name="model_note", label="")
+        self.model_note = Label(name="model_note", label=" ")  # (an empty label means: the name)
         self.device_combo = ComboBox(name="device", label="Device", choices=DEVICES, value="auto")
         self.device_combo.changed.connect(self._update_device_note)
-        self.device_note = Label(name="device_note", label="")
+        self.device_note = Label(name="device_note", label=" ")
         self.threshold = FloatSpinBox(
             name="threshold",
             label="Threshold",
@@ -171,7 +171,7 @@ class SegmentWidget(Container):
         outputs = Container(
             name="outputs",
             label="Add layers",
-            layout="horizontal",
+            layout="vertical",  # one per line: the dock may be narrow
             labels=False,
             widgets=[self.want_probability, self.want_uncertainty, self.want_attention],
         )
