@@ -222,8 +222,7 @@ class ClickSegmenter:
         volume; None derives it from this slice alone (a one-slice volume).
         Cached for the last slice seen.
         """
-        from ..inference.lungs import air_threshold, check_lungs
-        from ..inference.roi import Roi, choose_roi, clutter_mask, fill_value, roi_spec
+        from ..inference.roi import Roi, fill_value, roi_for_canonical, roi_spec
 
         canon = np.asarray(image)[None]
         key = (
@@ -241,26 +240,16 @@ class ClickSegmenter:
         if spec is None:
             ctx = SliceContext(None, -1000.0, None)
         else:
-            from ..inference.engine import _timed_lung_mask
-
             spacing = (float(thickness_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
-            air = air_threshold(canon, intensity)
-            lungs, _ = _timed_lung_mask(canon, spacing, intensity, air)
-            if roi is None:
-                box = choose_roi(
-                    canon,
-                    lungs,
-                    spec=spec,
-                    threshold=air,
-                    lungs_plausible=check_lungs(lungs, spacing).plausible,
-                    intensity=intensity,
-                )
-            elif isinstance(roi, Roi):
+            found: list = []
+            # the lung mask, its plausibility check, the ROI and the clutter, as segment does
+            box = roi_for_canonical(canon, intensity, spacing, spec, found)
+            if isinstance(roi, Roi):
                 box = roi
-            else:
+            elif roi is not None:
                 y0, y1, x0, x1 = (int(v) for v in roi)
                 box = Roi(y0, y1, x0, x1, "lungs")
-            clutter = clutter_mask(canon, lungs, air)[0] if spec.get("clear_clutter") else None
+            clutter = found[0][0] if found else None
             ctx = SliceContext(box, fill_value(spec, intensity), clutter)
         self._cache = (key, ctx)
         return ctx
