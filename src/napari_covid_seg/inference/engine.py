@@ -512,6 +512,7 @@ class _BatchRunner:
         roi: Roi | None = None,
         fill: float = -1000.0,
         clutter: np.ndarray | None = None,
+        standardize: Any = None,
     ) -> None:
         import torch
 
@@ -520,11 +521,14 @@ class _BatchRunner:
         self.roi = roi
         self.fill = fill
         self.clutter = clutter
+        self.standardize = standardize  # an intensity.Standardization, or None
         self.intensity = intensity
         self.logit_threshold = _logit(threshold)
         self.prob_float = prob_dtype == "float16"
         self.attention = attention
         self.src_dtype = canon.dtype if canon.dtype.name in _TORCH_DTYPES else np.dtype("float32")
+        if standardize is not None:
+            self.src_dtype = np.dtype("float32")
         self._ring: list[dict] = []
         self._k = 0
         self._max_batch = max_batch
@@ -559,6 +563,8 @@ class _BatchRunner:
         """Start batch ``canon[start:start+count]``; results arrive via :meth:`collect`."""
         torch = self._torch
         block = self.canon[start : start + count]
+        if self.standardize is not None:  # the scanner's HU in the training images' scale
+            block = self.standardize.apply(block)
         if self.clutter is not None:  # table, arms: shown to the model as air
             block = np.where(self.clutter[start : start + count], self.fill, block).astype(
                 block.dtype, copy=False
@@ -740,6 +746,7 @@ def iter_segment(
     # The classical lung mask (CPU, about a second for 300 x 512 x 512), on the canonical
     # array. A model with a lung-ROI policy needs it first (the ROI); otherwise on a GPU
     # it runs in a thread beside the model (scipy releases the GIL).
+    from .intensity import Standardization, standardization, standardize_spec
     from .lungs import air_threshold, check_lungs
     from .roi import choose_roi, clutter_mask, fill_value, roi_spec
 
@@ -767,6 +774,7 @@ def iter_segment(
     roi = None
     fill = -1000.0
     clutter: np.ndarray | None = None
+    std: Standardization | None = None
     if spec is not None:
         check = check_lungs(lungs_c, spacing_c) if lungs_c is not None else None  # type: ignore[arg-type]
         roi = choose_roi(
@@ -780,6 +788,13 @@ def iter_segment(
         fill = fill_value(spec, vol.intensity)
         if spec.get("clear_clutter"):
             clutter = clutter_mask(canon, lungs_c, air_cut)
+        std = standardization(
+            canon,
+            lungs_c,
+            vol.intensity,
+            standardize_spec(spec),
+            plausible=check is not None and check.plausible,
+        )
 
     if batch_size == "auto" or batch_size is None:
         batch = auto_batch_size(predictor.device, mh, mw, predictor.autocast, native_hw=(h, w))
@@ -801,6 +816,7 @@ def iter_segment(
             roi=roi,
             fill=fill,
             clutter=clutter,
+            standardize=std,
         )
 
     def write(p: _Pending) -> None:
@@ -902,6 +918,9 @@ def iter_segment(
         lung_labels = np.ascontiguousarray(from_canonical(lungs_c, r))
     if roi is not None:
         lung_report = {**(lung_report or {"status": "off", "reason": ""}), "roi": roi.as_dict()}
+    if std is not None:
+        lung_report = {**(lung_report or {"status": "off", "reason": ""})}
+        lung_report["standardize"] = std.as_dict()
     scores = None
     if uncertainty:
         from .uncertainty import slice_uncertainty

@@ -226,12 +226,15 @@ def roi_for_canonical(
     spacing: tuple[float, float, float],
     spec: dict,
     clutter_out: list | None = None,
+    standardize_out: list | None = None,
 ) -> Roi:
     """Lung mask, plausibility check and ROI of a canonical ``(S, P, L)`` image in one call.
 
     What training and fine-tuning use; the engine runs the same steps itself
     because it keeps the lung mask. With a list as ``clutter_out`` and the
-    policy's ``clear_clutter``, the :func:`clutter_mask` is appended to it.
+    policy's ``clear_clutter``, the :func:`clutter_mask` is appended to it;
+    with a list as ``standardize_out``, the policy's intensity
+    :class:`~.intensity.Standardization` (or None) is appended.
     """
     from ..io.volume import WINDOWED
     from .lungs import GAS_MEDIAN_HU, air_threshold, check_lungs, lung_mask_canonical
@@ -254,6 +257,14 @@ def roi_for_canonical(
     )
     if clutter_out is not None and spec.get("clear_clutter"):
         clutter_out.append(clutter_mask(canon, lungs, thr))
+    if standardize_out is not None:
+        from .intensity import standardization, standardize_spec
+
+        standardize_out.append(
+            standardization(
+                canon, lungs, intensity, standardize_spec(spec), plausible=check.plausible
+            )
+        )
     return roi
 
 

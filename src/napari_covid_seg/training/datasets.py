@@ -260,17 +260,41 @@ def _volume_roi(
     spacing: tuple[float, ...],
     roi: dict | None,
     clutter_out: list | None = None,
+    standardize_out: list | None = None,
 ) -> Any:
     """The ROI of a canonical volume under policy ``roi`` (None: no ROI).
 
-    ``clutter_out``: receives the table/arms mask when the policy clears them.
+    ``clutter_out``: receives the table/arms mask when the policy clears them;
+    ``standardize_out``: the policy's intensity standardisation (or None).
     """
     from ..inference.roi import roi_for_canonical, roi_spec
 
     spec = roi_spec({"roi": roi})
     if spec is None:
         return None
-    return roi_for_canonical(canon, intensity, spacing, spec, clutter_out)  # type: ignore[arg-type]
+    return roi_for_canonical(
+        canon,
+        intensity,
+        spacing,  # type: ignore[arg-type]
+        spec,
+        clutter_out,
+        standardize_out,
+    )
+
+
+def _standardized(img: np.ndarray, std: list, intensity: str) -> np.ndarray:
+    """``img`` under the standardisation in ``std`` (``[Standardization | None]``, or empty).
+
+    The dtype is kept (0..255 images are rounded and clipped), as in inference
+    where the same map is applied before the model's window.
+    """
+    if not std or std[0] is None:
+        return img
+    out = std[0].apply(img)
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(img.dtype, copy=False)
 
 
 def _apply_roi(
@@ -286,11 +310,14 @@ def _apply_roi(
 
     spacing = (SLICE_THICKNESS_MM, CROP_SPACING_MM, CROP_SPACING_MM)
     clutter: list = []
-    box = _volume_roi(windowed_to_hu(img), "hu", spacing, roi, clutter)
+    std: list = []
+    box = _volume_roi(windowed_to_hu(img), "hu", spacing, roi, clutter, std)
     if box is None:
         return img, msk
     from ..inference.roi import crop_pad, fill_value
 
+    if std and std[0] is not None:  # found on the HU copy; the same map in 0..255 units
+        img = _standardized(img, [std[0].in_windowed_units()], intensity)
     fill = fill_value({"fill_hu": -1000.0, **(roi or {})}, intensity)
     if clutter:
         img = np.where(clutter[0], np.asarray(fill, dtype=img.dtype), img)
@@ -439,8 +466,9 @@ def load_nnunet_dataset(
         spacing_c = tuple(float(image.spacing[a]) for a in r.axes)
         # The ROI comes from the whole volume, like inference; then the picked slices.
         clutter: list = []
-        roi_box = _volume_roi(c_img, image.intensity, spacing_c, roi, clutter)
-        sel_img, sel_lab = c_img[canon], c_lab[canon]
+        std: list = []
+        roi_box = _volume_roi(c_img, image.intensity, spacing_c, roi, clutter, std)
+        sel_img, sel_lab = _standardized(c_img[canon], std, image.intensity), c_lab[canon]
         if roi_box is not None:
             from ..inference.roi import crop_pad, fill_value
 

@@ -80,7 +80,7 @@ def volume_slices(
     """
     from ..inference.preprocess import normalize
     from ..io.orientation import to_canonical
-    from .datasets import SliceDataset, _volume_roi, binarize_mask, resize_stack
+    from .datasets import SliceDataset, _standardized, _volume_roi, binarize_mask, resize_stack
 
     r = volume.reorientation
     c_img = to_canonical(volume.data, r)
@@ -94,8 +94,9 @@ def volume_slices(
         raise DatasetError("no reviewed or corrected slices to learn from")
     canon = [r.axial_index_to_canonical(z, n) for z in zs]
     spacing_c = tuple(float(volume.spacing[a]) for a in r.axes)
-    box = _volume_roi(c_img, volume.intensity, spacing_c, roi)
-    img, lab = c_img[canon], c_lab[canon]
+    std: list = []
+    box = _volume_roi(c_img, volume.intensity, spacing_c, roi, None, std)
+    img, lab = _standardized(c_img[canon], std, volume.intensity), c_lab[canon]
     if box is not None:
         from ..inference.roi import crop_pad, fill_value
 
