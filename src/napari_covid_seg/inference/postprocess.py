@@ -134,7 +134,7 @@ def restrict_to_lungs_checked(
     lost = base = 0
     for i in rows:
         lo = lungs[i, ::g, ::g]
-        inside, thorax = _slice_regions(
+        hull, cage, thorax = _slice_regions(
             lo,
             None if image is None else image[i, ::g, ::g],
             (air_threshold, bone_threshold),
@@ -142,9 +142,11 @@ def restrict_to_lungs_checked(
             near,
             rib,
         )
-        inside, thorax = _up(inside, g, h, w), _up(thorax, g, h, w)
+        inside, cage, thorax = _up(hull, g, h, w), _up(cage | hull, g, h, w), _up(thorax, g, h, w)
         if margin_mm > 0:
             inside = ndimage.maximum_filter(inside, size=size)
+            cage = ndimage.maximum_filter(cage, size=size)
+        inside = inside | _attached(mask[i] > 0, inside, cage)
         confident = (probability[i] >= cut) & (mask[i] > 0)
         base += int(np.count_nonzero(confident & (thorax | (lungs[i] > 0))))
         drop = outside[i] & ~inside
@@ -174,23 +176,26 @@ def _slice_regions(
     near: tuple[int, ...],
     rib: tuple[int, ...] = (3, 3),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(inside, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
+    """``(hull, cage, thorax)`` of one (coarse) slice of lung labels, bool ``(P, L)``.
 
-    inside: the convex hull of each lung, plus what the rib cage (the convex
-    hull of the bone in the patient's body within ``rib`` of the chest the
-    lungs imply: ribs, spine, sternum; not the table, scapulae or arms)
-    holds within ``near`` of aerated lung. thorax: the hull of the lungs and their mirror
-    image about ``midline``, dilated by ``near`` (where a missed lung would be).
-    ``cuts``: the air and bone thresholds in the image's units.
+    hull: the lungs and the convex hull of each lung. cage: what the rib cage
+    (the convex hull of the bone in the patient's body within ``rib`` of the
+    chest the lungs imply: ribs, spine, sternum; not the table or arms) holds
+    within ``near`` of aerated lung (where dense consolidation may lie; the
+    caller keeps only predictions there that are attached to the hull).
+    thorax: the hull of the lungs and their mirror image about ``midline``,
+    dilated by ``near`` (where a missed lung would be). ``cuts``: the air and
+    bone thresholds in the image's units.
     """
     from .lungs import LEFT_LUNG, RIGHT_LUNG, convex_hull, outside_air
 
     labels, lungs = lungs, lungs > 0
     if not lungs.any():
-        return np.zeros_like(lungs), np.zeros_like(lungs)
+        return np.zeros_like(lungs), np.zeros_like(lungs), np.zeros_like(lungs)
     inside = lungs.copy()
     for label in (RIGHT_LUNG, LEFT_LUNG):  # one hull per lung, not over the mediastinum
         inside |= convex_hull(labels == label)
+    cage = np.zeros_like(lungs)
     near_lung = ndimage.maximum_filter(lungs, size=near)
     both = lungs.copy()
     if midline is not None:
@@ -205,9 +210,31 @@ def _slice_regions(
         parts, _ = ndimage.label(~outside_air((image < cuts[0])[None])[0])
         body = np.isin(parts, np.unique(parts[lungs])) & (parts > 0)
         ribs = (image >= cuts[1]) & body & ndimage.maximum_filter(chest, size=rib)
-        inside |= convex_hull(ribs) & near_lung
+        cage = convex_hull(ribs) & near_lung
     thorax = ndimage.maximum_filter(chest, size=near)
-    return inside, thorax
+    return inside, cage, thorax
+
+
+def _attached(pred: np.ndarray, hull: np.ndarray, cage: np.ndarray) -> np.ndarray:
+    """Predicted voxels in ``cage`` connected to ``hull`` through predicted voxels (in-plane).
+
+    Consolidation along the chest wall continues the lung's lesion; a blob in
+    the chest-wall muscles or the axilla, separated from the lung by ribs or
+    fat, does not touch the lung's hull and is dropped.
+    """
+    cand = pred & cage & ~hull
+    if not cand.any():
+        return cand
+    parts, n = ndimage.label(pred | _rim(hull), structure=np.ones((3, 3), bool))
+    if n == 0:
+        return cand
+    touching = np.unique(parts[hull & (parts > 0)])
+    return cand & np.isin(parts, touching)
+
+
+def _rim(hull: np.ndarray) -> np.ndarray:
+    """The hull's one-voxel inner border (so a prediction touching the hull connects)."""
+    return hull & ~ndimage.binary_erosion(hull)
 
 
 def _up(lo: np.ndarray, g: int, h: int, w: int) -> np.ndarray:
