@@ -187,6 +187,22 @@ class EditSession:
         self.layer.refresh()
         return int(self._record().size)
 
+    def apply_slices(
+        self, axis: int, span: tuple[int, int], write: Callable[[np.ndarray], None]
+    ) -> int:
+        """Run ``write(mask)`` (in place, only on slices ``span`` of ``axis``) as one edit.
+
+        Only those slices are compared (a click on one slice of a big volume
+        stays cheap); returns the number of voxels changed.
+        """
+        box = tuple(
+            slice(*span) if a == axis else slice(0, n) for a, n in enumerate(self.data.shape)
+        )
+        self._record(box)  # changes made behind the session's back there: their own step
+        write(self.data)
+        self.layer.refresh()
+        return int(self._record(box).size)
+
     def _on_paint(self, event: Any) -> None:
         box = paint_event_box(getattr(event, "value", None), self.data.shape)
         if self.hu_range is not None and self.image is not None:

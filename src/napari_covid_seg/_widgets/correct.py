@@ -12,9 +12,10 @@ current after every stroke. When a CT with an autosave is opened again, the
 widget offers to restore the mask (and the corrected lung mask).
 
 Layout: the mask and CT pickers and the live burden on top, then tabs (Tools,
-Lesions, Review, Lungs, Learn, Save) so that the widget fits a laptop screen
-beside the Segment and Fine-tune widgets. "Learn" is the within-volume
-"Learn from my corrections" panel (:mod:`._learn_panel`).
+Clicks, Lesions, Review, Lungs, Learn, Save) so that the widget fits a laptop screen
+beside the Segment and Fine-tune widgets. "Clicks" is "Click to fix"
+(:mod:`._clicks_panel`); "Learn" is the within-volume "Learn from my
+corrections" panel (:mod:`._learn_panel`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from qtpy.QtWidgets import QApplication, QFileDialog, QTabWidget, QWidget
 from ..correction import AutosaveStore, counted_changes, default_autosave_root, fingerprint
 from ..errors import CovidSegError
 from ._burden_panel import BurdenPanel, spacing_of
+from ._clicks_panel import ClicksPanel
 from ._edit_session import EditSession
 from ._export_panel import ExportJob, ExportPanel
 from ._layers import (
@@ -207,6 +209,7 @@ class CorrectWidget(Container):
         self.lungs_panel.on_edit = self.edit_lungs
         self.lungs_panel.on_compute = self.compute_lungs
         self.learn_panel = LearnPanel()
+        self.clicks_panel = ClicksPanel(self.viewer, add_layer=self._add_quietly)
         self.export_panel = ExportPanel(confirm=lambda t, q: self.confirm(t, q))
         self.export_panel.make_job = self._export_job
         self.export_panel.save = self.save_nifti
@@ -214,6 +217,7 @@ class CorrectWidget(Container):
         self.tabs.setDocumentMode(True)
         for page, title in (
             (self.tools_panel, "Tools"),
+            (self.clicks_panel, "Clicks"),
             (self.lesion_panel, "Lesions"),
             (self.review_panel, "Review"),
             (self.lungs_panel, "Lungs"),
@@ -236,7 +240,7 @@ class CorrectWidget(Container):
         layout.addWidget(self.tabs, 1)
 
     def show_tab(self, title: str) -> QWidget:
-        """Bring tab ``title`` ("Tools", "Lesions", "Review", "Lungs", "Save") to the front."""
+        """Bring tab ``title`` ("Tools", "Clicks", "Lesions", ...) to the front."""
         for i in range(self.tabs.count()):
             if self.tabs.tabText(i) == title:
                 self.tabs.setCurrentIndex(i)
@@ -319,6 +323,7 @@ class CorrectWidget(Container):
         self.lesion_panel.set_session(session, axial)
         self.review_panel.set_layer(session.layer if session else None, axial)
         self.tools_panel.set_session(session, self._intensity, axial)
+        self.clicks_panel.set_context(session, self.image, axial)
         lesions = session is not None and role(session.layer) != LUNGS
         self.learn_panel.set_context(
             session if lesions else None,
@@ -662,6 +667,7 @@ class CorrectWidget(Container):
 
     def close(self) -> None:
         """Save pending edits, release the mask, close."""
+        self.clicks_panel.close()
         self._unbind()
         super().close()
 
