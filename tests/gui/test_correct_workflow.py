@@ -330,6 +330,38 @@ def _fully_visible(widget, window) -> bool:
     return widget.visibleRegion().boundingRect().height() >= widget.height() - 1
 
 
+def _cut_off(root, window) -> list[str]:
+    """Visible controls and texts of ``root`` that an ancestor (a dock, a scroll area, the
+    window) cuts off at the left or right: a dock narrower than what it holds."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSpinBox,
+        QComboBox,
+        QLabel,
+        QLineEdit,
+        QProgressBar,
+        QWidget,
+    )
+
+    kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit, QProgressBar)
+    out = []
+    for w in root.findChildren(QWidget):
+        if not isinstance(w, kinds) or not w.isVisible() or isinstance(w.parent(), kinds):
+            continue
+        left = w.mapTo(window, QPoint(0, 0)).x()
+        right = left + w.width()
+        parent = w.parentWidget()
+        while parent is not None:
+            x0 = 0 if parent is window else parent.mapTo(window, QPoint(0, 0)).x()
+            if left < x0 - 1 or right > x0 + parent.width() + 1:
+                text = w.text() if callable(getattr(w, "text", None)) else ""
+                out.append(f"{type(w).__name__} {text[:30]!r} ({left}..{right} px)")
+                break
+            parent = parent.parentWidget()
+    return out
+
+
 def test_the_three_widgets_fit_a_1366x768_window(make_napari_viewer, qtbot, tmp_path):
     from napari_covid_seg._widgets.finetune import FineTuneWidget
     from napari_covid_seg._widgets.segment import SegmentWidget
@@ -378,6 +410,16 @@ def test_the_three_widgets_fit_a_1366x768_window(make_napari_viewer, qtbot, tmp_
             assert _fully_visible(button, window), f"{name} is not reachable at 1366x768"
     for name, button in must_see.items():
         assert _fully_visible(button, window), f"{name} is off screen at 1366x768"
+    # Nothing is cut off at the right: every dock is as wide as what it holds (the real
+    # widths on screen, every tab of the Correct widget in turn).
+    for widget in (segment, finetune):
+        assert not _cut_off(widget.native, window), _cut_off(widget.native, window)
+    for i in range(correct.tabs.count()):
+        correct.tabs.setCurrentIndex(i)
+        qtbot.wait(30)
+        cut = _cut_off(correct.native, window)
+        assert not cut, f"tab {correct.tabs.tabText(i)}: {cut}"
+    assert window.width() <= 1366
     path = tmp_path / "docks_1366x768.png"
     viewer.screenshot(path=str(path), canvas_only=False)
     assert path.stat().st_size > 0

@@ -124,8 +124,10 @@ def scrolled(widget: QWidget, min_height: int = 40, hint_height: int | None = No
     """``widget`` in a frameless vertical scroll area (docks stay usable on small screens).
 
     The area may shrink to ``min_height`` pixels, so that several docks fit one
-    laptop screen; what does not fit scrolls. With ``hint_height`` it asks for at
-    most that height (a modest dock that leaves the height to the others).
+    laptop screen; what does not fit scrolls (vertically: the area asks for the
+    content's minimum width, so nothing is cut off at the right). With
+    ``hint_height`` it asks for at most that height (a modest dock that leaves
+    the height to the others).
     """
     from qtpy.QtCore import QSize, Qt
     from qtpy.QtWidgets import QFrame, QScrollArea
@@ -133,9 +135,23 @@ def scrolled(widget: QWidget, min_height: int = 40, hint_height: int | None = No
     class Area(QScrollArea):
         def sizeHint(self) -> QSize:
             hint = super().sizeHint()
+            hint.setWidth(max(hint.width(), self._content_width()))
             if hint_height is None:
                 return hint
             return QSize(hint.width(), min(hint.height(), hint_height))
+
+        def minimumSizeHint(self) -> QSize:
+            # Only vertical scrolling: ask for the content's full minimum width (and the
+            # scroll bar's), so the dock is made wide enough instead of cutting rows off.
+            hint = super().minimumSizeHint()
+            return QSize(max(hint.width(), self._content_width()), hint.height())
+
+        def _content_width(self) -> int:
+            inner = self.widget()
+            if inner is None:
+                return 0
+            bar = self.verticalScrollBar().sizeHint().width()
+            return inner.minimumSizeHint().width() + bar + 2 * self.frameWidth()
 
     area = Area()
     area.setWidget(widget)

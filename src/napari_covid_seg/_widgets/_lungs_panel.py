@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ._layers import KEY, LUNGS, geometry_kwargs, plugin_meta
 
@@ -110,9 +110,10 @@ class LungsPanel(QWidget):
             "Paint 1 for the right lung, 2 for the left; the burden uses the edited lungs."
         )
         self.hint.setWordWrap(True)
-        row = QHBoxLayout()
-        for button in (self.show_button, self.edit_button, self.compute_button):
-            row.addWidget(button)
+        # Two buttons a row: the dock may be ~350 px wide.
+        row = QGridLayout()
+        for i, button in enumerate((self.show_button, self.edit_button, self.compute_button)):
+            row.addWidget(button, i // 2, i % 2)
         layout = QVBoxLayout(self)
         layout.addWidget(self.report)
         layout.addLayout(row)
