@@ -8,7 +8,9 @@ Uses the synthetic chest CT sample and the bundled default model (or --model
 NAME_OR_PATH) in a 1366 x 768 window (a laptop screen). Writes
 ``segment_widget.png``, ``correct_widget.png`` (live burden and the Tools tab
 after a HU-limited stroke), ``correct_lungs.png`` (the lung mask shown and
-being corrected), ``correct_save.png`` (Save and export) and
+being corrected), ``correct_save.png`` (Save and export),
+``click_to_fix.png`` (Click to fix: one click on a lesion the model missed;
+only with a click model: the bundled ``click`` or ``--click-model``) and
 ``docks_laptop.png`` (Segment, Correct and Fine-tune docked together).
 Autosaves go to a temporary folder, so nothing in your user data folder is
 touched.
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model name or path")
     parser.add_argument("--out", type=Path, default=IMAGES, help="output folder")
+    parser.add_argument(
+        "--click-model",
+        default="click",
+        help="click model name or path for click_to_fix.png (skipped when there is none)",
+    )
     args = parser.parse_args(argv)
     os.environ["NAPARI_COVID_SEG_HOME"] = tempfile.mkdtemp(prefix="covidseg-shots-")
 
@@ -74,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     from napari_covid_seg.models.store import ModelStore
 
     model = ModelStore().resolve(args.model)
+    try:
+        click_model = ModelStore().resolve(args.click_model)
+    except Exception as err:  # no bundled click model yet: no Click to fix screenshot
+        print(f"no click_to_fix.png: {err}")
+        click_model = None
     args.out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-covid-seg")
     viewer.window._qt_window.resize(*WINDOW)
@@ -148,12 +160,68 @@ def main(argv: list[str] | None = None) -> None:
     correct.export_panel.folder.setText(str(Path.home() / "covid" / "Dataset501_Lesions"))
     shot(viewer, app, args.out / "correct_save.png")
 
-    # 5. All three widgets docked together on a laptop screen.
+    # 5. Click to fix: one click on the largest lesion the model missed on its slice.
+    if click_model is not None:
+        click_to_fix(viewer, app, correct, image, labels, click_model, args.out)
+
+    # 6. All three widgets docked together on a laptop screen.
     seg_dock.show()
     viewer.window.add_plugin_dock_widget("napari-covid-seg", "Fine-tune model")
     correct.show_tab("Tools")
     shot(viewer, app, args.out / "docks_laptop.png")
     viewer.close()
+
+
+def largest_miss(mask: np.ndarray, truth: np.ndarray) -> tuple[int, tuple[int, int], int]:
+    """``(z, (y, x), voxels)``: the interior point of the largest missed 2D lesion region."""
+    from scipy import ndimage
+
+    from napari_covid_seg.correction.clicks import interior_point
+
+    best = (0, (0, 0), 0)
+    for z in range(mask.shape[0]):
+        missed = (truth[z] > 0) & ~(mask[z] > 0)
+        if not missed.any():
+            continue
+        comps, _ = ndimage.label(missed)
+        sizes = np.bincount(comps.ravel())[1:]
+        k = int(np.argmax(sizes))
+        if sizes[k] > best[2]:
+            best = (z, interior_point(comps == k + 1), int(sizes[k]))
+    return best
+
+
+def click_to_fix(viewer, app, correct, image, labels, model, out: Path) -> None:
+    """One positive click on the largest missed lesion; the screenshot shows the result."""
+    truth = np.asarray(viewer.layers["sample CT truth"].data)
+    z, (y, x), size = largest_miss(np.asarray(labels.data), truth)
+    print(f"largest missed region: slice {z}, {size} px at ({y}, {x})")
+    correct.show_tab("Clicks")
+    panel = correct.clicks_panel
+    panel.model.reset_choices()
+    if str(model) in panel.model.choices:
+        panel.model.value = str(model)
+    else:
+        panel.add_model(str(model))
+    panel.enable.value = True
+    wait(app, lambda: panel.ready or not panel.enable.value)
+    show_slice(viewer, image, z)
+    viewer.reset_view()
+    viewer.scene.camera.center = tuple(labels.data_to_world((z, y, x))[1:])
+    viewer.scene.camera.zoom *= 2.0
+    lungs = correct.lungs_layer()
+    if lungs is not None:
+        lungs.visible = False  # the lesions and the click, nothing else
+    viewer.layers.selection.active = labels
+    before = int((np.asarray(labels.data[z]) > 0).sum())
+    panel.click_at((z, y, x))
+    after = int((np.asarray(labels.data[z]) > 0).sum())
+    values = np.unique(np.asarray(labels.data[z]))
+    print(f"slice {z}: {before} -> {after} lesion px (labels {values}); {panel.status.value}")
+    shot(viewer, app, out / "click_to_fix.png")
+    panel.enable.value = False
+    if lungs is not None:
+        lungs.visible = True
 
 
 if __name__ == "__main__":

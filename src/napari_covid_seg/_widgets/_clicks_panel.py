@@ -117,6 +117,8 @@ class ClicksPanel(Container):
         self.viewer = viewer
         self.add_layer = add_layer or (lambda make: make())
         self.store = store
+        #: ``(label, path)`` click models offered beside the store's (:meth:`add_model`)
+        self.extra_models: list[tuple[str, str]] = []
         self.session: Any = None
         self.image: Any = None
         self.axial_axis = 0
@@ -153,8 +155,9 @@ class ClicksPanel(Container):
             max=30.0,
             step=2.5,
         )
+        self.neighbours.native.setPrefix("also slices within ")
         self.neighbours.native.setSuffix(" mm")
-        self.neighbours.native.setSpecialValueText("off (this slice)")
+        self.neighbours.native.setSpecialValueText("this slice only")
         self.neighbours.tooltip = (
             "Re-predict the neighbouring axial slices within this distance with the same clicks"
         )
@@ -169,10 +172,12 @@ class ClicksPanel(Container):
         wrap_labels(self.hint, self.status)
         for w in (self.negative.native, self.keep.native):
             w.setMinimumWidth(40)
+        model_row = Container(name="model_row", widgets=[self.model], labels=True)
+        model_row.margins = (0, 0, 0, 0)
         self.extend(
             [
                 self.enable,
-                self.model,
+                model_row,
                 self.negative,
                 self.neighbours,
                 self.keep,
@@ -181,6 +186,7 @@ class ClicksPanel(Container):
                 self.status,
             ]
         )
+        self.native.layout().addStretch(1)  # rows at the top, not spread over the page
         self.enable.changed.connect(self._on_enable)
         self.model.changed.connect(lambda *_: self._on_model_changed())
         self.clear_button.changed.connect(lambda *_: self.clear())
@@ -190,9 +196,20 @@ class ClicksPanel(Container):
     # -- context -----------------------------------------------------------------------------
     def _model_choices(self, *_: Any) -> list[tuple[str, str]]:
         try:
-            return click_models(self.store)
+            found = click_models(self.store)
         except Exception:
-            return []
+            found = []
+        known = {path for _, path in found}
+        return found + [(name, path) for name, path in self.extra_models if path not in known]
+
+    def add_model(self, path: str, name: str | None = None) -> None:
+        """Offer a click model folder outside the store, and choose it."""
+        from pathlib import Path
+
+        self.extra_models.append((name or Path(path).name, str(path)))
+        self.model.reset_choices()
+        self.model.value = str(path)
+        self._update_state()
 
     def set_context(self, session: Any, image: Any, axial_axis: int = 0) -> None:
         """The mask being edited (its EditSession), its CT layer and axial axis."""

@@ -336,7 +336,13 @@ def unfollow_layers(viewer: Any, callback: Callable[..., Any]) -> None:
 def wrap_labels(*labels: Any) -> None:
     """Let magicgui ``Label`` widgets wrap long text (and keep it selectable)."""
     from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
 
     for label in labels:
         label.native.setWordWrap(True)
         label.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # Take the row's whole width (a wrapped label otherwise keeps a narrow width of its
+        # own choosing and grows tall: several lines more, docks that no longer fit).
+        policy = QSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)
+        label.native.setSizePolicy(policy)
