@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     # labels the ground-glass rim the model missed (-700..-300 HU) but none of
     # the aerated lung (about -860 HU) the brush also covers.
     tools = correct.tools_panel
-    tools.hu_low.setValue(-700.0)
-    tools.hu_high.setValue(-300.0)
+    tools.hu_low.value = -700.0
+    tools.hu_high.value = -300.0
     tools.hu_limit.setChecked(True)
     labels.mode = "paint"
     labels.brush_size = 8
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                 labels.paint((z, int(rows.max()) + 3, x), 1, refresh=False)
     labels.refresh()
     viewer.scene.camera.zoom *= 1.6
-    tools.margin.setValue(1.0)
+    tools.margin.value = 1.0
     tools.grow()  # 1 mm < one 1.4 mm voxel: the panel says why nothing changed
     correct.show_tab("Tools")
     viewer.layers.selection.active = labels

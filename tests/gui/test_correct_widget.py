@@ -62,13 +62,13 @@ def test_tools_follow_the_correction_core_and_undo_redo_exactly(make_napari_view
         assert not np.array_equal(expected, states[-1]), "the tool must change something"
         states.append(labels.data.copy())
 
-    tools.island_size.setValue(25.0)
+    tools.island_size.value = 25.0
     check(tools.islands_button, C.remove_small_islands(states[-1], 25.0, SPACING, label=1))
     check(tools.holes_button, C.fill_holes(states[-1], label=1, per_slice=True))
     tools.smooth_method.setCurrentText("closing")
-    tools.smooth_radius.setValue(3.0)
+    tools.smooth_radius.value = 3.0
     check(tools.smooth_button, C.smooth(states[-1], 3.0, SPACING, "closing", label=1))
-    tools.margin.setValue(2.8)
+    tools.margin.value = 2.8
     check(tools.grow_button, C.grow(states[-1], 2.8, SPACING, label=1))
     check(tools.shrink_button, C.shrink(states[-1], 2.8, SPACING, label=1))
     # Fill between slices: a new lesion drawn with the brush on slices 4 and 9.
@@ -235,7 +235,7 @@ def test_autosave_restores_after_closing_and_reopening(make_napari_viewer, qtbot
     np.testing.assert_array_equal(saved, first)
     widget.review_panel.next()
     widget.review_panel.mark_reviewed()
-    widget.tools_panel.island_size.setValue(1e5)
+    widget.tools_panel.island_size.value = 1e5
     widget.tools_panel.remove_islands()  # within 60 s: not written yet (throttled)
     edited = labels.data.copy()
     saved, _ = widget.autosaves.load(fp)

@@ -155,7 +155,7 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
     assert widget.labels is layer and widget.labels_combo.value is layer
     assert "editing the lung mask" in widget.info.value
     layer.selected_label = 2  # shrink the left lung by 6 mm
-    widget.tools_panel.margin.setValue(6.0)
+    widget.tools_panel.margin.value = 6.0
     assert widget.tools_panel.shrink() > 0
     edited = widget.quantification()
     _same(edited, _burden_from_scratch(widget, labels.data, layer.data))
@@ -228,8 +228,8 @@ def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer,
     panel.table.selectRow(
         next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130)
     )
-    tools.fill_from.setValue(22)
-    tools.fill_to.setValue(26)
+    tools.fill_from.value = 22
+    tools.fill_to.value = 26
     kept = labels.data.copy()
     assert tools.fill_between() > 0
     assert labels.data[24, 152:155, 174:177].all()
@@ -243,7 +243,7 @@ def test_tools_say_why_they_changed_nothing(make_napari_viewer, qtbot, notes):
     widget = _dock(viewer)
     tools = widget.tools_panel
     before = labels.data.copy()
-    tools.margin.setValue(1.0)  # voxels are 2.5 x 1.4 x 1.4 mm
+    tools.margin.value = 1.0  # voxels are 2.5 x 1.4 x 1.4 mm
     assert tools.grow() == 0
     message = "1 mm is less than one 1.4 mm voxel"
     assert message in tools.status.text()
@@ -251,7 +251,7 @@ def test_tools_say_why_they_changed_nothing(make_napari_viewer, qtbot, notes):
     assert tools.shrink() == 0 and "nothing to shrink" in tools.status.text()
     assert tools.fill_holes() == 0 and "encloses no hole" in tools.status.text()
     labels.selected_label = 3
-    tools.margin.setValue(3.0)
+    tools.margin.value = 3.0
     assert tools.grow() == 0 and "label 3 has no voxels" in tools.status.text()
     np.testing.assert_array_equal(labels.data, before)
     notes.clear()
@@ -449,3 +449,19 @@ def test_learn_tab_works_on_the_lesion_mask_being_corrected(make_napari_viewer, 
     widget.review_panel.mark_reviewed()
     assert learn.train_slices() == [z] and learn.button.isEnabled()
     assert "1 reviewed or corrected slice(s)" in learn.summary.text()
+
+
+def test_tool_numbers_have_units_and_limits_declared_once(make_napari_viewer, qtbot):
+    from napari_covid_seg._widgets._tools_panel import NUMBERS
+
+    viewer = make_napari_viewer()
+    _open_with_mask(viewer)
+    tools = _dock(viewer).tools_panel
+    for name, spec in NUMBERS.items():
+        box = getattr(tools, name)
+        assert (box.value, box.min, box.max) == (spec.value, spec.min, spec.max), name
+        assert box.native.suffix().strip() == spec.unit, name
+    tools.hu_low.value = -700.0
+    tools.hu_high.value = -300.0
+    tools.hu_limit.setChecked(True)
+    assert tools.session.hu_range == (-700.0, -300.0)  # magicgui's changed drives the session

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+from magicgui.widgets import FloatSpinBox, SpinBox
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
     QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +44,35 @@ from ._notify import notify_error, notify_info
 DEFAULT_HU_RANGE = (-900.0, -100.0)
 
 
+@dataclass(frozen=True)
+class Number:
+    """A numeric tool parameter: default, limits, step and unit, declared once."""
+
+    value: float
+    min: float
+    max: float
+    step: float
+    unit: str = ""
+    decimals: int = 1
+    tooltip: str = ""
+
+
+#: Every numeric parameter of the Tools tab (the spin boxes are made from these).
+NUMBERS: dict[str, Number] = {
+    "island_size": Number(
+        10.0, 0.0, 1e5, 5.0, "mm³", tooltip="Remove islands: pieces smaller than this volume"
+    ),
+    "smooth_radius": Number(2.0, 0.1, 50.0, 0.5, "mm", tooltip="Smoothing ball radius"),
+    "margin": Number(2.0, 0.1, 50.0, 0.5, "mm", tooltip="Grow / shrink margin"),
+    "hu_low": Number(
+        DEFAULT_HU_RANGE[0], -1100.0, 3000.0, 50.0, "HU", tooltip="Paint only HU: lower bound"
+    ),
+    "hu_high": Number(
+        DEFAULT_HU_RANGE[1], -1100.0, 3000.0, 50.0, "HU", tooltip="Paint only HU: upper bound"
+    ),
+}
+
+
 def _narrow(widget: Any) -> Any:
     """Let ``widget`` shrink below its text width (the dock may be narrow)."""
     widget.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -50,24 +80,27 @@ def _narrow(widget: Any) -> Any:
     return widget
 
 
-def _spin(value: float, low: float, high: float, step: float, suffix: str) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setDecimals(1)
-    box.setValue(value)
-    box.setSuffix(suffix)
-    return _narrow(box)
+def number(name: str, prefix: str = "") -> FloatSpinBox:
+    """The magicgui spin box of parameter ``name`` of :data:`NUMBERS` (unit as suffix)."""
+    spec = NUMBERS[name]
+    box = FloatSpinBox(name=name, value=spec.value, min=spec.min, max=spec.max, step=spec.step)
+    box.native.setDecimals(spec.decimals)
+    if spec.unit:
+        box.native.setSuffix(f" {spec.unit}")
+    if prefix:
+        box.native.setPrefix(prefix)
+    box.tooltip = spec.tooltip or None
+    _narrow(box.native)
+    return box
 
 
-def _slice_spin() -> QSpinBox:
-    box = QSpinBox()
-    box.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)
-    box.setRange(-1, 100_000)
-    box.setSpecialValueText("edited")
-    box.setValue(-1)
-    box.setToolTip("Axial slice; 'edited' = the slices your brush strokes were on")
-    return _narrow(box)
+def _slice_spin(name: str) -> SpinBox:
+    box = SpinBox(name=name, value=-1, min=-1, max=100_000)
+    box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+    box.native.setSpecialValueText("edited")
+    box.tooltip = "Axial slice; 'edited' = the slices your brush strokes were on"
+    _narrow(box.native)
+    return box
 
 
 class ToolsPanel(QWidget):
@@ -85,8 +118,7 @@ class ToolsPanel(QWidget):
         rows = QVBoxLayout(self)
         rows.setSpacing(4)
 
-        self.island_size = _spin(10.0, 0.0, 1e5, 5.0, " mm³")
-        self.island_size.setPrefix("< ")
+        self.island_size = number("island_size", prefix="< ")
         self.islands_button = self._button("Remove islands", self.remove_islands)
         self.islands_button.setToolTip("Delete connected pieces smaller than this volume")
         _row(rows, self.islands_button, self.island_size)
@@ -98,11 +130,11 @@ class ToolsPanel(QWidget):
 
         self.smooth_method = QComboBox()
         self.smooth_method.addItems(["median", "closing", "opening"])
-        self.smooth_radius = _spin(2.0, 0.1, 50.0, 0.5, " mm")
+        self.smooth_radius = number("smooth_radius")
         self.smooth_button = self._button("Smooth", self.smooth)
         _row(rows, self.smooth_button, self.smooth_method, self.smooth_radius)
 
-        self.margin = _spin(2.0, 0.1, 50.0, 0.5, " mm")
+        self.margin = number("margin")
         self.grow_button = self._button("Grow", self.grow)
         self.shrink_button = self._button("Shrink", self.shrink)
         _row(rows, self.shrink_button, self.grow_button, self.margin)
@@ -116,19 +148,19 @@ class ToolsPanel(QWidget):
         self.edited_label = QLabel("")
         self.edited_label.setToolTip("Axial slices your brush strokes were on since the last fill")
         _row(rows, self.interpolate_button, self.edited_label)
-        self.fill_from = _slice_spin()
-        self.fill_to = _slice_spin()
+        self.fill_from = _slice_spin("fill_from")
+        self.fill_to = _slice_spin("fill_to")
         _row(rows, QLabel("  slices"), self.fill_from, QLabel("to"), self.fill_to)
 
         self.hu_limit = QCheckBox("Paint only HU")
         self.hu_limit.setToolTip(
             "Brush strokes label only voxels inside this HU range (erasing is never limited)"
         )
-        self.hu_low = _spin(DEFAULT_HU_RANGE[0], -1100.0, 3000.0, 50.0, "")
-        self.hu_high = _spin(DEFAULT_HU_RANGE[1], -1100.0, 3000.0, 50.0, "")
+        self.hu_low = number("hu_low")
+        self.hu_high = number("hu_high")
         self.hu_limit.toggled.connect(self._update_hu)
-        self.hu_low.valueChanged.connect(self._update_hu)
-        self.hu_high.valueChanged.connect(self._update_hu)
+        self.hu_low.changed.connect(self._update_hu)
+        self.hu_high.changed.connect(self._update_hu)
         _row(rows, self.hu_limit, self.hu_low, self.hu_high)
 
         self.undo_button = self._button("Undo", self.undo)
@@ -255,13 +287,13 @@ class ToolsPanel(QWidget):
             return
         from ..inference.lungs import hu_to_intensity
 
-        low, high = sorted((self.hu_low.value(), self.hu_high.value()))
+        low, high = sorted((self.hu_low.value, self.hu_high.value))
         kind = self.intensity
         self.session.hu_range = (hu_to_intensity(low, kind), hu_to_intensity(high, kind))
 
     # -- tools -------------------------------------------------------------------------------
     def remove_islands(self) -> int:
-        size = self.island_size.value()
+        size = self.island_size.value
         return self._run(
             "Remove islands",
             partial(
@@ -286,7 +318,7 @@ class ToolsPanel(QWidget):
         )
 
     def smooth(self) -> int:
-        radius, method = self.smooth_radius.value(), self.smooth_method.currentText()
+        radius, method = self.smooth_radius.value, self.smooth_method.currentText()
         return self._run(
             "Smooth",
             partial(
@@ -304,7 +336,7 @@ class ToolsPanel(QWidget):
         )
 
     def grow(self) -> int:
-        distance = self.margin.value()
+        distance = self.margin.value
         return self._run(
             "Grow",
             partial(C.grow, distance_mm=distance, spacing=self.spacing, label=self.label),
@@ -317,7 +349,7 @@ class ToolsPanel(QWidget):
         )
 
     def shrink(self) -> int:
-        distance = self.margin.value()
+        distance = self.margin.value
         return self._run(
             "Shrink",
             partial(C.shrink, distance_mm=distance, spacing=self.spacing, label=self.label),
@@ -402,7 +434,7 @@ class ToolsPanel(QWidget):
         ids = np.unique(comps.labels[local])
         lesion = np.zeros(mask.shape, bool)
         lesion[comps.box] = np.isin(comps.labels, ids[ids > 0])
-        lo, hi = self.fill_from.value(), self.fill_to.value()
+        lo, hi = self.fill_from.value, self.fill_to.value
         if lo >= 0 and hi >= 0:
             keys = sorted({lo, hi})
         else:
@@ -430,10 +462,11 @@ class ToolsPanel(QWidget):
         return done
 
 
-def _row(rows: QVBoxLayout, *widgets: QWidget) -> None:
-    """One tool row: its widgets side by side, sharing the width."""
+def _row(rows: QVBoxLayout, *widgets: Any) -> None:
+    """One tool row: its widgets (Qt, or magicgui's ``.native``) side by side, sharing the width."""
     row = QHBoxLayout()
     row.setSpacing(4)
     for widget in widgets:
+        widget = getattr(widget, "native", widget)
         row.addWidget(widget, 0 if isinstance(widget, QLabel) else 1)
     rows.addLayout(row)
