@@ -228,8 +228,8 @@ def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer,
     panel.table.selectRow(
         next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130)
     )
-    tools.fill_from.value = 22
-    tools.fill_to.value = 26
+    tools.fill_from.setValue(22)
+    tools.fill_to.setValue(26)
     kept = labels.data.copy()
     assert tools.fill_between() > 0
     assert labels.data[24, 152:155, 174:177].all()

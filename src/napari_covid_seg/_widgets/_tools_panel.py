@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import FloatSpinBox, SpinBox
+from magicgui.widgets import FloatSpinBox
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -55,6 +56,7 @@ class Number:
     unit: str = ""
     decimals: int = 1
     tooltip: str = ""
+    buttons: bool = True  # +/- buttons (off where the row is tight)
 
 
 #: Every numeric parameter of the Tools tab (the spin boxes are made from these).
@@ -65,10 +67,10 @@ NUMBERS: dict[str, Number] = {
     "smooth_radius": Number(2.0, 0.1, 50.0, 0.5, "mm", tooltip="Smoothing ball radius"),
     "margin": Number(2.0, 0.1, 50.0, 0.5, "mm", tooltip="Grow / shrink margin"),
     "hu_low": Number(
-        DEFAULT_HU_RANGE[0], -1100.0, 3000.0, 50.0, "HU", tooltip="Paint only HU: lower bound"
+        DEFAULT_HU_RANGE[0], -1100.0, 3000.0, 50.0, "HU", 0, "Paint only HU: lower bound", False
     ),
     "hu_high": Number(
-        DEFAULT_HU_RANGE[1], -1100.0, 3000.0, 50.0, "HU", tooltip="Paint only HU: upper bound"
+        DEFAULT_HU_RANGE[1], -1100.0, 3000.0, 50.0, "HU", 0, "Paint only HU: upper bound", False
     ),
 }
 
@@ -89,18 +91,22 @@ def number(name: str, prefix: str = "") -> FloatSpinBox:
         box.native.setSuffix(f" {spec.unit}")
     if prefix:
         box.native.setPrefix(prefix)
+    if not spec.buttons:
+        box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
     box.tooltip = spec.tooltip or None
     _narrow(box.native)
     return box
 
 
-def _slice_spin(name: str) -> SpinBox:
-    box = SpinBox(name=name, value=-1, min=-1, max=100_000)
-    box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
-    box.native.setSpecialValueText("edited")
-    box.tooltip = "Axial slice; 'edited' = the slices your brush strokes were on"
-    _narrow(box.native)
-    return box
+def _slice_spin() -> QSpinBox:
+    """A slice index box (plain Qt: 'edited' at -1 needs QSpinBox's special value text)."""
+    box = QSpinBox()
+    box.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)
+    box.setRange(-1, 100_000)
+    box.setSpecialValueText("edited")
+    box.setValue(-1)
+    box.setToolTip("Axial slice; 'edited' = the slices your brush strokes were on")
+    return _narrow(box)
 
 
 class ToolsPanel(QWidget):
@@ -148,8 +154,8 @@ class ToolsPanel(QWidget):
         self.edited_label = QLabel("")
         self.edited_label.setToolTip("Axial slices your brush strokes were on since the last fill")
         _row(rows, self.interpolate_button, self.edited_label)
-        self.fill_from = _slice_spin("fill_from")
-        self.fill_to = _slice_spin("fill_to")
+        self.fill_from = _slice_spin()
+        self.fill_to = _slice_spin()
         _row(rows, QLabel("  slices"), self.fill_from, QLabel("to"), self.fill_to)
 
         self.hu_limit = QCheckBox("Paint only HU")
@@ -434,7 +440,7 @@ class ToolsPanel(QWidget):
         ids = np.unique(comps.labels[local])
         lesion = np.zeros(mask.shape, bool)
         lesion[comps.box] = np.isin(comps.labels, ids[ids > 0])
-        lo, hi = self.fill_from.value, self.fill_to.value
+        lo, hi = self.fill_from.value(), self.fill_to.value()
         if lo >= 0 and hi >= 0:
             keys = sorted({lo, hi})
         else:
