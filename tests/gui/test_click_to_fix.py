@@ -16,7 +16,7 @@ from napari_covid_seg._widgets._clicks_panel import NEGATIVE_COLOR, POSITIVE_COL
 from napari_covid_seg._widgets._layers import geometry_kwargs
 from napari_covid_seg._widgets.correct import CorrectWidget
 from napari_covid_seg.correction.clicks import disk_map, interior_point
-from napari_covid_seg.models.store import bundled_models_dir
+from napari_covid_seg.models.store import ModelStore, bundled_models_dir
 
 from .conftest import TINY_INPUT, _training_slices
 from .test_correct_widget import _open_with_mask
@@ -249,7 +249,11 @@ def test_neighbours_are_one_undo_step_and_clicks_map_through_a_flipped_volume(
     widget = _dock(viewer, tmp_path)
     assert widget.labels is labels
     panel = widget.clicks_panel
-    # No click model in the store: the mode cannot be turned on, and says why.
+    # No click model in the store (none bundled either): the mode cannot be turned on,
+    # and says why.
+    panel.store = ModelStore(root=tmp_path / "home" / "models", bundled_dir=tmp_path / "none")
+    panel.model.reset_choices()
+    panel._update_state()
     assert not panel.model.choices and not panel.enable.enabled
     assert "No click model" in panel.status.value
     # Give it the stand-in (what loading a chosen model leaves behind).
