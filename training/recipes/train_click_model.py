@@ -20,7 +20,10 @@ What it does (DeepEdit / RITM style, see ``docs/click_to_fix.md``):
 * every few steps, validation on the 10 slices: mean Dice at 0 and 3
   simulated clicks; the kept weights are those with the best Dice at 3
   clicks whose 0-click Dice is within 0.01 of the default model's;
-* the result saved as an fp16 model version (``--dest``) with provenance.
+* the result saved as an fp16 model version (``--dest``) with provenance;
+  then ``benchmarks/bench_clicks.py`` measures it on the user's path and
+  ``--record-benchmark bench.json [bench_start_default.json]`` stores those
+  figures in its metrics.
 """
 
 from __future__ import annotations
@@ -297,6 +300,39 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"best": best, "steps": step, "seconds": seconds}
 
 
+def record_benchmark(dest: Path, bench: dict[str, Any], bench_default: dict | None) -> None:
+    """Store ``bench_clicks.py``'s figures in the version's metrics (weights unchanged)."""
+    from napari_covid_seg.models.checkpoint import load_model_version, save_model_version
+
+    mv = load_model_version(dest)
+    keys = ("dice_at_clicks", "noc85", "noc90", "reached85", "reached90", "ms_per_click")
+    metrics = {
+        **mv.metrics,
+        "path": "one-slice HU NIfTI, true affine -> reader -> segment (0 clicks) -> "
+        "fix_slice per simulated click; native size (benchmarks/bench_clicks.py)",
+        **{k: bench[k] for k in keys},
+        "val_dice_mean": bench["dice_at_clicks"]["0"],
+        "default_model_val_dice_mean": bench["default_model_dice"],
+        "brush_voxels": bench["brush_voxels"],
+        "machine": bench["machine"]["cpu"] + ", 2 cores (shared)",
+    }
+    if bench_default is not None:
+        metrics["dice_at_clicks_from_default_mask"] = bench_default["dice_at_clicks"]
+    save_model_version(
+        dest,
+        mv.model,
+        preprocessing=mv.preprocessing,
+        provenance=mv.provenance,
+        metrics=metrics,
+        name=mv.name,
+        description=mv.description,
+        license=mv.license,
+        version=mv.version,
+        dtype="float16",
+        overwrite=True,
+    )
+
+
 def augment_batch_(
     x: torch.Tensor, y: torch.Tensor, params: dict[str, Any], g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,4 +357,16 @@ if __name__ == "__main__":
     ap.add_argument("--p-random", type=float, default=0.2)
     ap.add_argument("--val-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    print(json.dumps(main(ap.parse_args()), indent=1, default=str))
+    ap.add_argument(
+        "--record-benchmark",
+        nargs="+",
+        metavar="JSON",
+        help="instead of training: store bench_clicks.py output(s) (start=model, then "
+        "optionally start=default) in --dest's metrics",
+    )
+    a = ap.parse_args()
+    if a.record_benchmark:
+        runs = [json.loads(Path(f).read_text()) for f in a.record_benchmark]
+        record_benchmark(Path(a.dest), runs[0], runs[1] if len(runs) > 1 else None)
+    else:
+        print(json.dumps(main(a), indent=1, default=str))
