@@ -260,6 +260,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the mask the clicks correct: the click model's own segment() mask, or the "
         "default model's (the workflow: segment with the default, fix with clicks)",
     )
+    ap.add_argument(
+        "--enforce",
+        choices=("local", "global", "off"),
+        default="global",
+        help="make every click hold (ClickSegmenter.enforce): 'global' (the default), "
+        "'local' (also: the model's changes only where they touch a click) or 'off' (the "
+        "model's mask as is)",
+    )
     args = ap.parse_args(argv)
     report = [k for k in REPORT if k <= args.max_clicks]
 
@@ -283,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"model {mv.name!r} records no validation slices; use --subset all")
     predictor = load_predictor(mv, device="cpu")
     seg = ClickSegmenter(predictor)
+    seg.enforce, seg.local = args.enforce != "off", args.enforce == "local"
     default = load_predictor(args.default_model, device="cpu") if args.default_model else None
 
     slices: list[dict] = []
@@ -367,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_slices": len(slices),
         "max_clicks": cap,
         "start": f"segment() mask (defaults) of the {args.start} model",
+        "enforce": args.enforce,
         "protocol": "start = segment() mask (defaults); click = interior of the largest error "
         "region (positive: missed lesion, negative: false positive); fix_slice with the "
         "current mask and all clicks; native-resolution Dice per slice, averaged",

@@ -320,3 +320,49 @@ def test_the_bundled_click_model_without_clicks_is_an_automatic_model():
         spacing_yx_mm=(0.7, 0.7),
     )
     assert dice(fixed, truth > 0) >= dice(auto, truth > 0) - 0.01
+
+
+def test_every_click_holds_after_enforcement():
+    from napari_covid_seg.correction.clicks import enforce_clicks
+
+    h = w = 80
+    prob = np.zeros((h, w), np.float32)
+    prob[_disk((h, w), 20, 20, 8)] = 0.9  # a confident true lesion
+    prob[_disk((h, w), 20, 20, 12) & ~_disk((h, w), 20, 20, 8)] = 0.6  # a halo around it
+    prob[_disk((h, w), 60, 60, 6)] = 0.8  # a false-positive blob
+    prob[_disk((h, w), 60, 20, 6)] = 0.3  # a missed lesion the model is unsure of
+    # no clicks: the model's mask as is
+    plain = enforce_clicks(prob, None, [], [], radius=2.0)
+    np.testing.assert_array_equal(plain, prob > 0.5)
+    out = enforce_clicks(prob, None, [(60, 20)], [(60, 60), (20, 31)], radius=2.0)
+    assert out[60, 20] and out[_disk((h, w), 60, 20, 5)].all(), "the positive click's region"
+    assert not out[_disk((h, w), 60, 60, 6)].any(), "the negative click's blob stays"
+    assert not out[20, 31], "the halo under a negative click stays"
+    assert out[_disk((h, w), 20, 20, 8)].all(), "the confident core went with the halo"
+    # a negative click never removes a positive click's disk
+    both = enforce_clicks(prob, None, [(20, 20)], [(20, 22)], radius=2.0)
+    assert both[20, 20]
+
+
+def test_local_enforcement_leaves_far_regions_as_they_were():
+    from napari_covid_seg.correction.clicks import enforce_clicks
+
+    h = w = 80
+    prob = np.zeros((h, w), np.float32)
+    prob[_disk((h, w), 20, 20, 8)] = 0.9
+    current = np.zeros((h, w), bool)
+    current[_disk((h, w), 60, 60, 5)] = True  # the user's own lesion, which the model drops
+    out = enforce_clicks(prob, current, [(20, 20)], [], radius=2.0, local=True)
+    assert out[_disk((h, w), 20, 20, 8)].all() and out[current].all()
+    glob = enforce_clicks(prob, current, [(20, 20)], [], radius=2.0, local=False)
+    assert not glob[current].any()
+
+
+def test_fix_slice_applies_the_volumes_intensity_map():
+    from napari_covid_seg.correction.clicks import _as_standardization
+    from napari_covid_seg.inference.intensity import Standardization
+
+    std = _as_standardization({"scale": 1.25, "offset": -10.0, "landmark_hu": -870.0})
+    assert isinstance(std, Standardization)
+    assert std.apply(np.array([-870.0]))[0] == pytest.approx(-1097.5)
+    assert _as_standardization(None) is None and _as_standardization({"x": 1}) is None

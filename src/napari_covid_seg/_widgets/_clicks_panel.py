@@ -123,6 +123,7 @@ class ClicksPanel(Container):
         self.image: Any = None
         self.axial_axis = 0
         self.roi_box: Any = None
+        self.standardize: dict | None = None
         self.segmenter: Any = None
         self.loaded_spec: str | None = None
         self.loader: Any = None
@@ -220,11 +221,14 @@ class ClicksPanel(Container):
         self.axial_axis = int(axial_axis)
         self._geometry = None
         self.roi_box = None
+        self.standardize = None
         if session is not None:
             report = plugin_meta(session.layer).get("lung_mask")
             roi = report.get("roi") if isinstance(report, dict) else None
             if isinstance(roi, dict) and roi.get("box") is not None:
                 self.roi_box = tuple(int(v) for v in roi["box"])
+            if isinstance(report, dict) and isinstance(report.get("standardize"), dict):
+                self.standardize = dict(report["standardize"])  # the volume's intensity map
         if self.enable.value and not self._usable():
             self.enable.value = False
         self._update_state()
@@ -482,6 +486,7 @@ class ClicksPanel(Container):
             "intensity": vol.intensity,
             "roi": self.roi_box,
             "thickness_mm": spacing_c[0],
+            "standardize": self.standardize,
         }
         jobs = [
             {
