@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -220,29 +219,10 @@ def time_clicks(seg: Any, s: dict, threads: int, n: int = 12) -> float:
         torch.set_num_threads(old)
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info["load_average_1min"] = round(os.getloadavg()[0], 2)
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_inference import machine
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--model", default="click")
@@ -410,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "seed": args.seed,
         "torch_threads": args.threads,
-        "machine": machine(),
+        "machine": machine(),  # bench_inference.machine: one description of the machine
         "per_slice": per_slice,
     }
     return out

@@ -19,34 +19,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ship_default import DATA, NAMES, _short
+from ship_default import measure, val_metrics
 
 
 def main(dest: Path) -> dict:
     import torch
 
-    from napari_covid_seg.training.evaluate import evaluate_model
-
     torch.set_num_threads(2)
     meta_path = dest / "model.json"
     meta = json.loads(meta_path.read_text())
-    runs = {}
-    for label, kw in (
-        ("defaults", {}),
-        ("no_lung_restrict", {"restrict_to_lungs": False}),
-        ("tta", {"tta": True}),
-    ):
-        t0 = time.perf_counter()
-        r = evaluate_model(dest, [DATA], transpose=True, subset="val", device="cpu", **kw)
-        runs[label] = {**_short(r), "seconds": round(time.perf_counter() - t0, 1)}
-    metrics = dict(meta.get("metrics", {}))
-    for k in NAMES:
-        metrics[f"val_{k}"] = runs["defaults"][k]
-    metrics["val_dice_mean"] = runs["defaults"]["dice_mean"]
-    metrics["val_dice_mean_no_lung_restrict"] = runs["no_lung_restrict"]["dice_mean"]
-    metrics["val_dice_mean_tta"] = runs["tta"]["dice_mean"]
-    metrics["remeasured"] = time.strftime("%Y-%m-%d")
-    meta["metrics"] = metrics
+    runs = measure(dest)
+    meta["metrics"] = {
+        **meta.get("metrics", {}),
+        **val_metrics(runs),
+        "remeasured": time.strftime("%Y-%m-%d"),
+    }
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=".model.json.")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(meta, indent=2) + "\n")

@@ -57,11 +57,39 @@ def _relative_data(prov: dict) -> dict:
     return prov
 
 
+def measure(dest: Path) -> dict:
+    """The user-path figures of model version ``dest`` on its validation slices.
+
+    Three runs: ``defaults``, ``no_lung_restrict`` and ``tta`` (as ``segment``,
+    ``--no-lung-restrict``, ``--tta``), each with its seconds.
+    """
+    from napari_covid_seg.training.evaluate import evaluate_model
+
+    runs = {}
+    for label, kw in (
+        ("defaults", {}),
+        ("no_lung_restrict", {"restrict_to_lungs": False}),
+        ("tta", {"tta": True}),
+    ):
+        t0 = time.perf_counter()
+        r = evaluate_model(dest, [DATA], transpose=True, subset="val", device="cpu", **kw)
+        runs[label] = {**_short(r), "seconds": round(time.perf_counter() - t0, 1)}
+    return runs
+
+
+def val_metrics(runs: dict) -> dict:
+    """The ``model.json`` metrics (``val_*``) from :func:`measure`'s runs."""
+    metrics = {f"val_{k}": runs["defaults"][k] for k in NAMES}
+    metrics["val_dice_mean"] = runs["defaults"]["dice_mean"]
+    metrics["val_dice_mean_no_lung_restrict"] = runs["no_lung_restrict"]["dice_mean"]
+    metrics["val_dice_mean_tta"] = runs["tta"]["dice_mean"]
+    return metrics
+
+
 def main(run: Path, dest: Path) -> dict:
     import torch
 
     from napari_covid_seg.models.checkpoint import load_model_version, save_model_version
-    from napari_covid_seg.training.evaluate import evaluate_model
 
     torch.set_num_threads(2)
     result = json.loads((run / "result.json").read_text())
@@ -90,25 +118,13 @@ def main(run: Path, dest: Path) -> dict:
         dtype="float16",
         overwrite=True,
     )
-    runs = {}
-    for label, kw in (
-        ("defaults", {}),
-        ("no_lung_restrict", {"restrict_to_lungs": False}),
-        ("tta", {"tta": True}),
-    ):
-        t0 = time.perf_counter()
-        r = evaluate_model(dest, [DATA], transpose=True, subset="val", device="cpu", **kw)
-        runs[label] = {**_short(r), "seconds": round(time.perf_counter() - t0, 1)}
+    runs = measure(dest)
     metrics: dict = {
         "path": "one-slice HU NIfTI, true affine -> reader -> segment; native size",
         "best_epoch": result["best_epoch"],
         "val_slices": len(prov["split"]["val_ids"]),
+        **val_metrics(runs),
     }
-    for k in NAMES:
-        metrics[f"val_{k}"] = runs["defaults"][k]
-    metrics["val_dice_mean"] = runs["defaults"]["dice_mean"]
-    metrics["val_dice_mean_no_lung_restrict"] = runs["no_lung_restrict"]["dice_mean"]
-    metrics["val_dice_mean_tta"] = runs["tta"]["dice_mean"]
     shipped = load_model_version(dest)
     save_model_version(
         dest,
