@@ -173,7 +173,8 @@ class FineTuneWidget(Container):
             widgets=[self.data_list, _row("data_buttons", "", add, remove)],
         )
         data_box.margins = (0, 0, 0, 0)
-        self.data_summary = Label(name="data_summary", label="", value="No dataset folder yet")
+        # label " ": magicgui shows the name for an empty label
+        self.data_summary = Label(name="data_summary", label=" ", value="No dataset folder yet")
 
         self.epochs_spin = SpinBox(
             name="epochs",
@@ -240,7 +241,7 @@ class FineTuneWidget(Container):
         )
         form.margins = (0, 0, 0, 0)
         self.result_label = Label(name="result_label", value="No fine-tuned model yet")
-        result = Container(name="result", label="Result", widgets=[self.result_label])
+        result = Container(name="result", label="Result", widgets=[self.result_label], labels=False)
         self.body = Container(name="body", labels=False, widgets=[form])
         self.body.margins = (0, 0, 0, 0)
         # The loss/Dice plot is matplotlib (no magicgui widget), embedded in the body.
