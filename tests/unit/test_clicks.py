@@ -366,3 +366,14 @@ def test_fix_slice_applies_the_volumes_intensity_map():
     assert isinstance(std, Standardization)
     assert std.apply(np.array([-870.0]))[0] == pytest.approx(-1097.5)
     assert _as_standardization(None) is None and _as_standardization({"x": 1}) is None
+
+
+def test_model_input_gives_click_models_zero_guidance():
+    from napari_covid_seg.models.guidance import click_preprocessing, model_input
+
+    x = torch.rand(2, 1, 8, 8)
+    auto = model_input(x, 3, {"n_channels": 3})
+    assert auto.shape == (2, 3, 8, 8) and torch.equal(auto[:, 2], x[:, 0])
+    click = model_input(x, 6, click_preprocessing({"n_channels": 3}))
+    assert click.shape == (2, 6, 8, 8)
+    assert torch.equal(click[:, :3], auto) and not click[:, 3:].any()

@@ -180,3 +180,45 @@ def test_finetune_freezes_bn_holds_out_and_compares(tmp_path):
     assert cmp is not None and cmp["n_slices"] >= 1
     assert all(v.startswith("p:z=") for v in cmp["val_ids"])
     assert result.best_epoch == result.epochs_run == 2  # fixed recipe: the last epoch
+
+
+def test_a_click_model_fine_tunes_and_stays_a_click_model(tmp_path):
+    """Fine-tuning a click model on corrections trains it (zero guidance, the automatic
+    case) and the new version keeps its guidance channels: it still takes clicks."""
+    from napari_covid_seg.correction.clicks import ClickSegmenter
+    from napari_covid_seg.inference.preprocess import default_preprocessing
+    from napari_covid_seg.models.checkpoint import load_model_version, save_model_version
+    from napari_covid_seg.models.guidance import add_guidance_channels, click_preprocessing
+    from napari_covid_seg.models.store import ModelStore
+
+    pre = default_preprocessing()
+    pre["input_size"] = 64
+    click = add_guidance_channels(tiny_model())
+    base = save_model_version(
+        tmp_path / "base", click, preprocessing=click_preprocessing(pre), name="tc"
+    )
+    image, truth = make_phantom(shape=(12, 64, 64), spacing=(2.5, 5.0, 5.0), seed=0)
+    export_case(tmp_path / "d", image, truth.data, case_id="p", reviewed_slices=range(12))
+    result = ft.finetune(
+        base,
+        [tmp_path / "d"],
+        epochs=2,
+        lr=1e-3,
+        device="cpu",
+        store=ModelStore(tmp_path / "store"),
+        out_dir=tmp_path / "run",
+        return_result=True,
+        config=ft.TrainConfig(**{**ft.FINETUNE_DEFAULTS, "amp": "off", "batch_size": 4}),
+    )
+    child = load_model_version(result.info.path, device="cpu")
+    assert child.preprocessing["n_channels"] == 6
+    assert child.preprocessing["guidance"]["channels"] == ["positive", "negative", "mask"]
+    parent = load_model_version(base, device="cpu").model
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(child.model.parameters(), parent.parameters(), strict=True)
+    )
+    assert result.comparison is not None  # compared on held-out slices with zero guidance
+    seg = ClickSegmenter(child, device="cpu", precision="fp32")
+    out = seg.fix_slice(image.data[6].astype(np.float32), None, [(32, 32)], [])
+    assert out.shape == (64, 64) and out[32, 32]  # a positive click holds

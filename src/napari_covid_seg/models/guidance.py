@@ -57,6 +57,23 @@ def click_preprocessing(base: dict, radius_px: int = DEFAULT_RADIUS_PX) -> dict:
     return pp
 
 
+def model_input(x: Any, in_channels: int, preprocessing: dict | None = None) -> Any:
+    """A model's input ``(N, in_channels, H, W)`` from image slices ``(N, 1, H, W)`` in [0, 1].
+
+    The image is replicated to the image channels; a click model's guidance
+    channels are zeros (no clicks, no mask: the automatic case). What the
+    trainer and the quick evaluation feed every model.
+    """
+    import torch
+
+    n_g = n_guidance_channels(preprocessing)
+    image = x.expand(-1, in_channels - n_g, -1, -1)
+    if not n_g:
+        return image
+    zeros = torch.zeros((x.shape[0], n_g, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    return torch.cat([image, zeros], dim=1)
+
+
 def _first_conv_owner(model: nn.Module) -> tuple[Any, str]:
     """``(module, attribute)`` holding the first convolution of a SegmentationUNet encoder."""
     enc = model.encoder

@@ -51,6 +51,10 @@ class TrainConfig:
             lungs' box plus margin, padded square, then resized; stored in the
             model's preprocessing so inference does the same. None or
             ``{"mode": "none"}``: whole slices, stretched (versions before 0.2).
+        guidance: the click channels of a click model (``model.json``'s
+            ``guidance``, see :mod:`napari_covid_seg.models.guidance`), or None.
+            Training feeds them zeros (the automatic case) and the saved
+            version keeps them, so a fine-tuned click model still takes clicks.
         val_fraction, split_seed: seeded validation split, by case where case
             ids exist, else by slice.
         lesion_oversample: minimum fraction of sampled training slices that
@@ -87,6 +91,7 @@ class TrainConfig:
     lesion_labels: tuple[int, ...] | None = None
     input_size: int = 256
     roi: dict[str, Any] | None = field(default_factory=lambda: {"mode": "lungs"})
+    guidance: dict[str, Any] | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
     lesion_oversample: float = 0.33

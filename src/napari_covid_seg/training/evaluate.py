@@ -37,13 +37,19 @@ def predict_slices(
     batch_size: int = 8,
     bf16: bool = False,
     in_channels: int = 3,
+    preprocessing: dict | None = None,
 ) -> np.ndarray:
-    """Probabilities ``(N, S, S)`` float32 for slices ``(N, S, S)`` in [0, 1]."""
+    """Probabilities ``(N, S, S)`` float32 for slices ``(N, S, S)`` in [0, 1].
+
+    ``preprocessing``: the model version's (a click model gets zero guidance).
+    """
+    from ..models.guidance import model_input
+
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.asarray(images[i : i + batch_size], dtype=np.float32))[:, None]
-        x = x.to(device).expand(-1, in_channels, -1, -1).contiguous()
+        x = model_input(x.to(device), in_channels, preprocessing).contiguous()
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else _null()
         with ctx:
             logits = model(x)
@@ -68,8 +74,12 @@ def evaluate_slices(
     batch_size: int = 8,
     amp: str = "off",
     native: bool = True,
+    preprocessing: dict | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``data`` (native resolution where native masks are kept)."""
+    """Metrics of ``model`` on ``data`` (native resolution where native masks are kept).
+
+    ``preprocessing``: the model version's (click models: zero guidance).
+    """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = model.to(dev)
     in_ch = int(getattr(getattr(model, "config", None), "in_channels", 3))
@@ -80,6 +90,7 @@ def evaluate_slices(
         batch_size=batch_size,
         bf16=use_bf16(amp, dev),
         in_channels=in_ch,
+        preprocessing=preprocessing,
     )
     acc = MetricAccumulator()
     if native and data.native_masks is not None:

@@ -385,6 +385,7 @@ def finetune(
     roots = tuple(os.fspath(d) for d in _as_list(data_dirs))
     cfg = cfg.replace(
         roi=base_roi or {"mode": "none"},
+        guidance=mv.preprocessing.get("guidance"),  # a click model stays one
         name=name or f"{base_name}-ft",
         model=mv.config.name,
         model_kwargs={},
@@ -553,7 +554,15 @@ def compare_models(
     for role, path in (("base", base_path), ("child", child_path)):
         mv = load_model_version(path, device="cpu")
         thr = float(mv.preprocessing.get("threshold", 0.5))
-        m = evaluate_slices(mv.model, held_out, threshold=thr, device=dev, amp=amp, native=False)
+        m = evaluate_slices(
+            mv.model,
+            held_out,
+            threshold=thr,
+            device=dev,
+            amp=amp,
+            native=False,
+            preprocessing=mv.preprocessing,
+        )
         out[role] = {k: m[k] for k in ("dice", "dice_mean", "iou", "precision", "sensitivity")}
         del mv
     out["old_dice"] = out["base"]["dice"]

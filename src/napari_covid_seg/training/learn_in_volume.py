@@ -210,6 +210,7 @@ def iter_learn(
         seed=seed,
         device=device,
         roi=roi or {"mode": "none"},
+        guidance=mv.preprocessing.get("guidance"),
         samples_per_epoch=spe if n_train < spe else None,
         checkpoint_every=10_000,
     )

@@ -495,8 +495,13 @@ class Trainer:
         return x, y
 
     def _to_input(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.model_config.in_channels
-        x = x.to(self.device, non_blocking=True).expand(-1, c, -1, -1)
+        from ..models.guidance import model_input
+
+        x = model_input(
+            x.to(self.device, non_blocking=True),
+            self.model_config.in_channels,
+            {"guidance": self.config.guidance},
+        )
         return x.contiguous(memory_format=devices.memory_format(self.config.channels_last))
 
     def train_epoch(self, epoch: int) -> Generator[dict[str, Any], None, float | None]:
@@ -793,6 +798,10 @@ class Trainer:
             from ..inference.roi import roi_spec
 
             pre["roi"] = roi_spec({"roi": self.config.roi})
+        if self.config.guidance:
+            from ..models.guidance import guidance_spec
+
+            pre["guidance"] = guidance_spec({"guidance": self.config.guidance})
         return pre
 
     def _save_best(self) -> None:
