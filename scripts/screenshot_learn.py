@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     panel.start()
     _wait(lambda: panel.worker is None, 900)
     if panel.result is None:
-        print(f"no result: {panel.status.text()}", file=sys.stderr)
+        print(f"no result: {panel.status.value}", file=sys.stderr)
         return 1
     viewer.dims.set_current_step(axis, n // 2 + 3)
     viewer.reset_view()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(out), canvas_only=False, flash=False)
-    print(f"wrote {out}; {panel.status.text()}")
+    print(f"wrote {out}; {panel.status.value}")
     viewer.close()
     return 0
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     correct.show_tab("Save")
     saved = Path(os.environ["NAPARI_COVID_SEG_HOME"]) / "sample_ct_lesions.nii.gz"
     correct.save_nifti(str(saved))
-    correct.export_panel.folder.setText(str(Path.home() / "covid" / "Dataset501_Lesions"))
+    correct.export_panel.folder.value = str(Path.home() / "covid" / "Dataset501_Lesions")
     shot(viewer, app, args.out / "correct_save.png")
 
     # 5. Click to fix: one click on the largest lesion the model missed on its slice.

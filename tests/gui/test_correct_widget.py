@@ -193,7 +193,7 @@ def test_review_queue_order_and_progress(make_napari_viewer, qtbot):
     review = widget.review_panel
     queued = np.flatnonzero(labels.data.any(axis=(1, 2)))  # slices with lesion
     n = len(queued)
-    assert review.progress.text() == f"0/{n} reviewed"
+    assert review.progress.value == f"0/{n} reviewed"
     first = review.next()
     assert first == queued[0]  # lowest slice = highest uncertainty here
     assert review.current_slice() == first
@@ -201,7 +201,7 @@ def test_review_queue_order_and_progress(make_napari_viewer, qtbot):
     assert second == queued[1]
     assert review.current_slice() == second
     review.mark_reviewed()
-    assert review.progress.text() == f"2/{n} reviewed"
+    assert review.progress.value == f"2/{n} reviewed"
     assert labels.metadata["covid_seg"]["review"]["reviewed"] == [int(queued[0]), int(queued[1])]
     assert review.previous() == queued[1]
     assert review.reviewed_slices() == [int(queued[0]), int(queued[1])]
@@ -216,7 +216,7 @@ def test_review_queue_order_and_progress(make_napari_viewer, qtbot):
     ).to_dict()
     labels.data = new
     assert len(widget.session.history) == 0
-    assert review.progress.text() == "0/4 reviewed"
+    assert review.progress.value == "0/4 reviewed"
     widget.show_tab("Lesions")
     widget.lesion_panel.refresh()
     assert widget.lesion_panel.table.rowCount() == 1
@@ -265,7 +265,7 @@ def test_autosave_restores_after_closing_and_reopening(make_napari_viewer, qtbot
     assert widget2.labels_combo.value is restored
     assert widget2.labels_combo.current_choice == restored.name
     assert widget2.image_combo.value is image2
-    assert widget2.review_panel.progress.text().startswith("1/")
+    assert widget2.review_panel.progress.value.startswith("1/")
     np.testing.assert_array_equal(meta["prediction"], viewer2.layers["sample CT truth"].data)
     # Saying "No" on a later reopening deletes the autosave.
     viewer2.close()
@@ -294,9 +294,9 @@ def test_export_for_training(make_napari_viewer, qtbot, tmp_path):
     widget.review_panel.mark_reviewed()
     panel = widget.export_panel
     folder = tmp_path / "Dataset501_Lesions"
-    panel.folder.setText(str(folder))
-    panel.case_id.setText("phantom_001")
-    qtbot.mouseClick(panel.export_button, Qt.MouseButton.LeftButton)
+    panel.folder.value = str(folder)
+    panel.case_id.value = "phantom_001"
+    panel.export_button.clicked.emit()
     qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
     assert panel.last_case == "phantom_001"
     img = nib.load(str(folder / "imagesTr" / "phantom_001_0000.nii.gz"))
@@ -321,7 +321,7 @@ def test_export_for_training(make_napari_viewer, qtbot, tmp_path):
     before = (folder / "labelsTr" / "phantom_001.nii.gz").read_bytes()
     answers.append(False)
     assert panel.export() is None
-    assert "left as it is" in panel.status.text()
+    assert "left as it is" in panel.status.value
     assert (folder / "labelsTr" / "phantom_001.nii.gz").read_bytes() == before
 
 

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
-from qtpy.QtCore import Qt
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -89,14 +88,14 @@ def test_save_as_nifti_keeps_the_source_geometry_and_never_overwrites_it(
         labels.paint((8, 40, 50), 1)
     (tmp_path / "out").mkdir()
     src_bytes = src.read_bytes()
-    qtbot.mouseClick(widget.export_panel.save_button, Qt.MouseButton.LeftButton)
+    widget.export_panel.save_button.clicked.emit()
     assert suggested == [str(tmp_path / "patient_ct_lesions.nii.gz")]
     written = tmp_path / "out" / "corrected.nii.gz"  # ".nii.gz" added to a bare name
     saved = nib.load(str(written))
     np.testing.assert_allclose(saved.affine, affine, atol=1e-5)
     assert int(saved.header["sform_code"]) == 4 and int(saved.header["qform_code"]) == 1
     np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), labels.data)
-    assert "Saved 'patient lesions'" in widget.export_panel.status.text()
+    assert "Saved 'patient lesions'" in widget.export_panel.status.value
     # Never over the CT itself.
     assert widget.save_nifti(str(src)) is None
     assert src.read_bytes() == src_bytes
@@ -145,13 +144,13 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
     # The lung mask: shown on request, then corrected with the same tools.
     widget.show_tab("Lungs")
     panel = widget.lungs_panel
-    assert "used to restrict" in panel.report.text()
-    qtbot.mouseClick(panel.show_button, Qt.MouseButton.LeftButton)
+    assert "used to restrict" in panel.report.value
+    panel.show_button.clicked.emit(True)  # a click: checked
     layer = viewer.layers["sample CT lungs"]
     assert layer.metadata["covid_seg"]["role"] == "lungs" and layer.visible
     np.testing.assert_array_equal(layer.data, lungs)
     assert widget.labels is labels  # showing does not switch the mask being edited
-    qtbot.mouseClick(panel.edit_button, Qt.MouseButton.LeftButton)
+    panel.edit_button.clicked.emit(True)
     assert widget.labels is layer and widget.labels_combo.value is layer
     assert "editing the lung mask" in widget.info.value
     layer.selected_label = 2  # shrink the left lung by 6 mm
@@ -161,7 +160,7 @@ def test_live_numbers_follow_strokes_undo_and_the_edited_lung_mask(
     _same(edited, _burden_from_scratch(widget, labels.data, layer.data))
     assert edited.left_lung_ml < start.left_lung_ml
     assert edited.percent_left > start.percent_left
-    qtbot.mouseClick(panel.edit_button, Qt.MouseButton.LeftButton)  # back to lesions
+    panel.edit_button.clicked.emit(False)  # back to lesions
     assert widget.labels is labels
     _same(widget.quantification(), edited)  # still the edited lungs
 
@@ -173,7 +172,9 @@ def test_compute_lung_mask_for_a_mask_opened_from_a_file(make_napari_viewer, qtb
     assert widget.quantification().percent_lungs is None
     assert "No lung mask" in widget.burden_panel.text.text()
     widget.show_tab("Lungs")
-    assert widget.lungs_panel.compute_button.isVisibleTo(widget.lungs_panel)
+    # (magicgui's .visible is "on screen"; the viewer is not shown: ask Qt "shown when it is")
+    panel = widget.lungs_panel
+    assert panel.compute_button.native.isVisibleTo(panel.native)
     worker = widget.compute_lungs()
     assert worker is not None
     qtbot.waitUntil(lambda: widget.lungs_worker is None, timeout=RUN_TIMEOUT_MS)
@@ -181,7 +182,7 @@ def test_compute_lung_mask_for_a_mask_opened_from_a_file(make_napari_viewer, qtb
     assert set(np.unique(layer.data)) == {0, 1, 2}
     q = widget.quantification()
     assert q.percent_right is not None and q.percent_left is not None
-    assert "computed from the CT" in widget.lungs_panel.report.text()
+    assert "computed from the CT" in widget.lungs_panel.report.value
 
 
 def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer, qtbot, notes):
@@ -290,7 +291,7 @@ def test_export_again_updates_the_case_or_adds_one_on_request(make_napari_viewer
     panel = widget.export_panel
     widget.show_tab("Save")
     folder = tmp_path / "Dataset502_Lesions"
-    panel.folder.setText(str(folder))
+    panel.folder.value = str(folder)
 
     def export():
         assert panel.export() is not None
@@ -312,8 +313,8 @@ def test_export_again_updates_the_case_or_adds_one_on_request(make_napari_viewer
     entry = json.loads((folder / "reviewed.json").read_text())[first]
     assert entry["provenance"]["updates"] == 1
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
-    assert "Updated case" in panel.status.text()
-    panel.new_case.setChecked(True)  # a second copy only on request
+    assert "Updated case" in panel.status.value
+    panel.new_case.value = True  # a second copy only on request
     export()
     assert panel.last_case == f"{first}_2" and len(asked) == 1
 
@@ -393,8 +394,8 @@ def test_the_three_widgets_fit_a_1366x768_window(make_napari_viewer, qtbot, tmp_
         (
             "Save",
             {
-                "Save as NIfTI": correct.export_panel.save_button,
-                "Export": correct.export_panel.export_button,
+                "Save as NIfTI": correct.export_panel.save_button.native,
+                "Export": correct.export_panel.export_button.native,
             },
         ),
     ):
@@ -444,11 +445,11 @@ def test_learn_tab_works_on_the_lesion_mask_being_corrected(make_napari_viewer, 
     widget.show_tab("Learn")
     learn = widget.learn_panel
     assert learn.session is widget.session and learn.image is image
-    assert not learn.button.isEnabled()  # nothing reviewed or corrected yet
+    assert not learn.button.enabled  # nothing reviewed or corrected yet
     z = widget.review_panel.next()
     widget.review_panel.mark_reviewed()
-    assert learn.train_slices() == [z] and learn.button.isEnabled()
-    assert "1 reviewed or corrected slice(s)" in learn.summary.text()
+    assert learn.train_slices() == [z] and learn.button.enabled
+    assert "1 reviewed or corrected slice(s)" in learn.summary.value
 
 
 def test_tool_numbers_have_units_and_limits_declared_once(make_napari_viewer, qtbot):

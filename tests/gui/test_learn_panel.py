@@ -25,7 +25,7 @@ def _setup(make_napari_viewer, tiny_model):
     panel = LearnPanel()
     panel.device = "cpu"
     panel.segment_options = {"restrict_to_lungs": False, "precision": "fp32"}
-    panel.epochs.setValue(1)
+    panel.epochs.value = 1
     panel.set_context(
         session,
         img_layer,
@@ -41,7 +41,7 @@ def test_learn_applies_one_undo_step_and_keeps_protected_slices(
     make_napari_viewer, qtbot, tiny_model
 ):
     _, session, panel, truth, axis = _setup(make_napari_viewer, tiny_model)
-    assert not panel.button.isEnabled() or panel.train_slices() == [5]
+    assert not panel.button.enabled or panel.train_slices() == [5]
     # the user corrects slice 2 to the truth (an edit away from the prediction)
     session.apply(
         lambda m: np.where(
@@ -52,16 +52,16 @@ def test_learn_applies_one_undo_step_and_keeps_protected_slices(
     )
     assert panel.train_slices() == [2, 5]
     panel.refresh()
-    assert panel.button.isEnabled() and "2 reviewed or corrected" in panel.summary.text()
+    assert panel.button.enabled and "2 reviewed or corrected" in panel.summary.value
     before = np.array(session.data, copy=True)
     worker = panel.start()
-    assert worker is not None and panel.cancel_button.isEnabled()
+    assert worker is not None and panel.cancel_button.enabled
     qtbot.waitUntil(lambda: panel.worker is None, timeout=240_000)
-    assert panel.result is not None, panel.status.text()
+    assert panel.result is not None, panel.status.value
     after = np.asarray(session.data)
     for z in (2, 5):
         assert np.array_equal(np.take(after, z, axis), np.take(before, z, axis))
-    assert "Ctrl+Z" in panel.status.text()
+    assert "Ctrl+Z" in panel.status.value
     # the re-segmented slices are the new baseline: still 2 slices to learn from
     assert panel.train_slices() == [2, 5]
     # one undo step restores the mask as it was
@@ -73,11 +73,11 @@ def test_learn_applies_one_undo_step_and_keeps_protected_slices(
 def test_cancel_leaves_the_mask(make_napari_viewer, qtbot, tiny_model):
     session, panel = _setup(make_napari_viewer, tiny_model)[1:3]
     before = np.array(session.data, copy=True)
-    panel.epochs.setValue(50)
+    panel.epochs.value = 50
     panel.start()
     panel.cancel()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=240_000)
-    assert panel.result is None and "unchanged" in panel.status.text()
+    assert panel.result is None and "unchanged" in panel.status.value
     assert np.array_equal(np.asarray(session.data), before)
 
 

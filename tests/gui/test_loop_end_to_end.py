@@ -74,9 +74,9 @@ def test_segment_correct_export_finetune_segment_again(
     # 3. export for training with the Correct widget's panel (nnU-Net v2 raw + reviewed.json)
     export = tmp_path / "corrected"
     panel = correct.export_panel
-    panel.folder.setText(str(export))
-    panel.case_id.setText("sample_ct")
-    panel.export_button.click()
+    panel.folder.value = str(export)
+    panel.case_id.value = "sample_ct"
+    panel.export_button.clicked.emit()
     qtbot.waitUntil(lambda: not panel.running, timeout=TIMEOUT_MS)
     assert panel.last_case == "sample_ct"
     meta = json.loads((export / "reviewed.json").read_text())["sample_ct"]

@@ -15,17 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-)
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton
 
+from ._layers import wrap_labels
 from ._notify import Confirm, describe_error, notify_error, notify_info
 
 
@@ -63,63 +55,63 @@ def run_export(job: ExportJob) -> tuple[str | None, BaseException | None]:
     return case, None
 
 
-class ExportPanel(QGroupBox):
+class ExportPanel(Container):
     """Save as NIfTI; dataset folder, case id, "as a new case", "Export for training".
 
-    ``make_job(folder, case_id) -> ExportJob | None`` and ``save() -> path | None``
-    are provided by the Correct widget; ``confirm`` asks before updating a case.
+    A magicgui container: ``folder`` is a directory ``FileEdit`` (its ``value`` a
+    path, None while empty), ``case_id`` a ``LineEdit``, ``new_case`` a
+    ``CheckBox``. ``make_job(folder, case_id) -> ExportJob | None`` and
+    ``save() -> path | None`` are provided by the Correct widget; ``confirm`` asks
+    before updating a case.
     """
 
     def __init__(self, confirm: Confirm | None = None) -> None:
-        super().__init__("Save and export")
+        super().__init__(labels=False)
         self.make_job: Callable[[str, str | None], ExportJob | None] | None = None
         self.save: Callable[[], Any] | None = None
         self.confirm: Confirm = confirm or (lambda title, text: True)
         self.worker: Any = None
         self._job: ExportJob | None = None
         self.last_case: str | None = None
-        self.save_button = QPushButton("Save as NIfTI...")
-        self.save_button.setToolTip(
+        self.save_button = PushButton(name="save_nifti", text="Save as NIfTI...")
+        self.save_button.tooltip = (
             "Write the mask being edited as .nii.gz with the CT's geometry (never over the CT)"
         )
         self.save_button.clicked.connect(lambda *_: self.save() if self.save else None)
-        self.folder = QLineEdit()
-        self.folder.setPlaceholderText("dataset folder, e.g. ~/covid/Dataset501_Lesions")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(32)
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.folder)
-        row.addWidget(browse)
-        self.case_id = QLineEdit()
-        self.case_id.setPlaceholderText("automatic (from the file name)")
-        self.new_case = QCheckBox("as a new case")
-        self.new_case.setToolTip(
+        self.folder = FileEdit(name="dataset", label="Dataset", mode="d", nullable=True)
+        self.folder.tooltip = "The nnU-Net v2 dataset folder the case goes into"
+        self.folder.line_edit.native.setPlaceholderText(
+            "dataset folder, e.g. ~/covid/Dataset501_Lesions"
+        )
+        self.folder.choose_btn.text = "..."  # (the dock may be ~350 px wide)
+        self.folder.choose_btn.tooltip = "Choose the dataset folder"
+        self.folder.choose_btn.max_width = 32
+        self.case_id = LineEdit(name="case_id", label="Case id", value="")
+        self.case_id.native.setPlaceholderText("automatic (from the file name)")
+        self.new_case = CheckBox(name="new_case", text="as a new case", value=False)
+        self.new_case.tooltip = (
             "Add another case even if this image was exported before "
             "(otherwise that case is updated, after a question)"
         )
-        self.export_button = QPushButton("Export for training")
-        self.export_button.setToolTip(
+        self.export_button = PushButton(name="export", text="Export for training")
+        self.export_button.tooltip = (
             "Write the CT and the corrected mask as a case of an nnU-Net v2 dataset, with the "
             "reviewed slices, for the Fine-tune widget"
         )
-        self.export_button.clicked.connect(self.export)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.save_button)
-        buttons.addWidget(self.export_button)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        form = QFormLayout(self)
-        form.addRow("Dataset", row)
-        form.addRow("Case id", self.case_id)
-        form.addRow("", self.new_case)
-        form.addRow(buttons)
-        form.addRow(self.status)
-
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Dataset folder", self.folder.text())
-        if folder:
-            self.folder.setText(folder)
+        self.export_button.clicked.connect(lambda *_: self.export())
+        self.status = Label(name="status", value="")
+        wrap_labels(self.status)
+        form = Container(name="form", labels=True, widgets=[self.folder, self.case_id])
+        buttons = Container(
+            name="buttons",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.save_button, self.export_button],
+        )
+        for box in (form, buttons):
+            box.margins = (0, 0, 0, 0)
+        self.extend([form, self.new_case, buttons, self.status])
+        self.native.layout().addStretch(1)  # rows at the top, not spread over the page
 
     @property
     def running(self) -> bool:
@@ -129,7 +121,7 @@ class ExportPanel(QGroupBox):
         """Update an existing case (after asking), or not; False = do not export."""
         from ..io.dataset_export import case_exists, find_case
 
-        if self.new_case.isChecked():
+        if self.new_case.value:
             if job.case_id is not None and case_exists(job.folder, job.case_id):
                 notify_error(
                     f"Case '{job.case_id}' already exists; clear the case id (a new id is "
@@ -150,7 +142,7 @@ class ExportPanel(QGroupBox):
             "and reviewed slices with the current ones? (No exports nothing; tick 'as a new "
             "case' to add a second copy on purpose.)",
         ):
-            self.status.setText(f"Not exported: case '{existing}' was left as it is.")
+            self.status.value = f"Not exported: case '{existing}' was left as it is."
             return False
         job.case_id, job.overwrite = existing, True
         return True
@@ -159,11 +151,12 @@ class ExportPanel(QGroupBox):
         """Start the export; returns the worker, or None if refused (one notification)."""
         if self.running:
             return None
-        folder = self.folder.text().strip()
+        folder = str(self.folder.value or "").strip()
         if not folder:
             notify_error("Choose a dataset folder to export into (the '...' button).")
             return None
-        job = self.make_job(folder, self.case_id.text().strip() or None) if self.make_job else None
+        case_id = self.case_id.value.strip() or None
+        job = self.make_job(folder, case_id) if self.make_job else None
         if job is None or not self._decide_case(job):
             return None
         from napari.qt.threading import create_worker
@@ -173,8 +166,8 @@ class ExportPanel(QGroupBox):
         worker.finished.connect(self._finished)
         self.worker = worker
         self._job = job
-        self.export_button.setEnabled(False)
-        self.status.setText("Updating..." if job.overwrite else "Exporting...")
+        self.export_button.enabled = False
+        self.status.value = "Updating..." if job.overwrite else "Exporting..."
         worker.start()
         return worker
 
@@ -182,17 +175,17 @@ class ExportPanel(QGroupBox):
         case, error = outcome
         job = self._job
         if error is not None:
-            self.status.setText("Export failed.")
+            self.status.value = "Export failed."
             notify_error(describe_error(error, "Export for training"))
             return
         self.last_case = case
         reviewed = job.reviewed_slices
         scope = f"{len(reviewed)} reviewed slices" if reviewed else "all slices, none reviewed"
         verb = "Updated" if job.overwrite else "Exported"
-        self.status.setText(f"{verb} case '{case}' ({scope}).")
+        self.status.value = f"{verb} case '{case}' ({scope})."
         notify_info(f"{verb} case '{case}' in {job.folder} ({scope}).")
 
     def _finished(self) -> None:
         self.worker = None
         self._job = None
-        self.export_button.setEnabled(True)
+        self.export_button.enabled = True

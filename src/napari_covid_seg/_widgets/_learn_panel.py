@@ -15,31 +15,24 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import Container, Label, ProgressBar, PushButton, SpinBox
 
+from ._layers import wrap_labels
 from ._notify import describe_error, notify_error, notify_info
 
 #: Fewer slices than this: the button stays off (nothing sensible to learn from).
 MIN_SLICES = 1
 
 
-class LearnPanel(QWidget):
-    """Button, epochs, progress and Cancel for within-volume learning.
+class LearnPanel(Container):
+    """Button, epochs, progress and Cancel for within-volume learning (a magicgui container).
 
     Bind it with :meth:`set_context`; :meth:`start` returns the worker (tests
     wait on it). ``on_done(result)`` is called after the labels were replaced.
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         self.session: Any = None
         self.image: Any = None
         self.axial_axis = 0
@@ -56,43 +49,39 @@ class LearnPanel(QWidget):
         # After a run its output is the new "prediction" and its inputs stay vouched for.
         self._baseline: np.ndarray | None = None
         self._learned: set[int] = set()
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 100)
         from ..training.learn_in_volume import LEARN_DEFAULTS
 
-        self.epochs.setValue(int(LEARN_DEFAULTS["epochs"]))
-        self.epochs.setPrefix("epochs ")
-        self.button = QPushButton("Learn from my corrections")
-        self.button.setToolTip(
+        self.summary = Label(name="summary", value="")
+        self.epochs = SpinBox(
+            name="epochs", value=int(LEARN_DEFAULTS["epochs"]), min=1, max=100, step=1
+        )
+        self.epochs.tooltip = "Passes over the reviewed and corrected slices"
+        self.button = PushButton(name="learn", text="Learn from my corrections")
+        self.button.tooltip = (
             "Fine-tune a copy of the model on the reviewed and corrected slices of this CT, "
             "then re-segment its other slices (reviewed and corrected slices are kept). "
             "One undo step; nothing is saved to the model store."
         )
-        self.button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setFormat("")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.button.clicked.connect(lambda *_: self.start())
+        self.cancel_button = PushButton(name="cancel", text="Cancel", enabled=False)
+        self.cancel_button.clicked.connect(lambda *_: self.cancel())
+        self.progress = ProgressBar(name="progress", value=0, min=0, max=1000)
+        self.progress.native.setFormat("")
+        self.status = Label(name="status", value="")
+        wrap_labels(self.summary, self.status)
         # The button on its own row, epochs and Cancel below it: the dock may be ~350 px wide.
-        row = QVBoxLayout()
-        row.addWidget(self.button)
-        below = QHBoxLayout()
-        below.addWidget(self.epochs, 1)
-        below.addWidget(self.cancel_button, 1)
-        row.addLayout(below)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.summary)
-        layout.addLayout(row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        # (magicgui's spin box, superqt's QLargeIntSpinBox, takes no prefix: a caption beside it)
+        epochs_label = Label(name="epochs_label", value="Epochs")
+        below = Container(
+            name="below",
+            layout="horizontal",
+            labels=False,
+            widgets=[epochs_label, self.epochs, self.cancel_button],
+        )
+        below.margins = (0, 0, 0, 0)
+        self.margins = (0, 0, 0, 0)
+        self.extend([self.summary, self.button, below, self.progress, self.status])
+        self.native.layout().addStretch(1)  # rows at the top, not spread over the page
         self.refresh()
 
     # -- binding ---------------------------------------------------------------------------------
@@ -130,15 +119,14 @@ class LearnPanel(QWidget):
         """Update the summary line and the button."""
         running = self.worker is not None
         if self.session is None or self.image is None:
-            self.summary.setText("Needs a lesion mask and its CT image.")
-            self.button.setEnabled(False)
+            self.summary.value = "Needs a lesion mask and its CT image."
+            self.button.enabled = False
             return
         zs = self.train_slices()
-        self.summary.setText(
-            f"{len(zs)} reviewed or corrected slice(s) to learn from"
-            + (f": {', '.join(map(str, zs[:12]))}{' …' if len(zs) > 12 else ''}" if zs else "")
+        self.summary.value = f"{len(zs)} reviewed or corrected slice(s) to learn from" + (
+            f": {', '.join(map(str, zs[:12]))}{' …' if len(zs) > 12 else ''}" if zs else ""
         )
-        self.button.setEnabled(len(zs) >= MIN_SLICES and not running)
+        self.button.enabled = len(zs) >= MIN_SLICES and not running
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> Any:
@@ -164,7 +152,7 @@ class LearnPanel(QWidget):
             self._snapshot,
             zs,
             self.model(),
-            epochs=self.epochs.value(),
+            epochs=int(self.epochs.value),
             device=self.device,
             should_stop=lambda: self._stop,
             segment_options=dict(self.segment_options),
@@ -176,10 +164,10 @@ class LearnPanel(QWidget):
         worker.finished.connect(self._finished)
         self.worker = worker
         self.result = None
-        self.button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText(f"Learning from {len(zs)} slice(s)…")
+        self.button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = f"Learning from {len(zs)} slice(s)…"
         worker.start()
         return worker
 
@@ -187,25 +175,25 @@ class LearnPanel(QWidget):
         """Stop at the next batch; the mask stays as it is."""
         if self.worker is not None:
             self._stop = True
-            self.cancel_button.setEnabled(False)
-            self.status.setText("Cancelling…")
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling…"
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "batch":
             epochs = max(1, int(event.get("n_epochs") or 1))
             done = (event["epoch"] - 1 + event["batch"] / max(1, event["n_batches"])) / epochs
-            self.progress.setValue(int(800 * min(1.0, done)))
-            self.progress.setFormat(f"learning: epoch {event['epoch']}/{epochs}")
+            self.progress.value = int(800 * min(1.0, done))
+            self.progress.native.setFormat(f"learning: epoch {event['epoch']}/{epochs}")
         elif kind == "segment":
-            self.progress.setValue(800 + int(200 * event["done"] / max(1, event["total"])))
-            self.progress.setFormat("re-segmenting")
+            self.progress.value = 800 + int(200 * event["done"] / max(1, event["total"]))
+            self.progress.native.setFormat("re-segmenting")
 
     def _on_returned(self, result: Any) -> None:
         """Apply the new labels as one undo step, keeping slices edited meanwhile."""
         snapshot, self._snapshot = self._snapshot, None
         if self.session is None or snapshot is None or snapshot.shape != result.labels.shape:
-            self.status.setText("The mask changed shape while learning: nothing applied.")
+            self.status.value = "The mask changed shape while learning: nothing applied."
             return
         current = np.moveaxis(np.asarray(self.session.data), self.axial_axis, 0)
         before = np.moveaxis(snapshot, self.axial_axis, 0)
@@ -217,8 +205,8 @@ class LearnPanel(QWidget):
         self._baseline = np.array(new, copy=True)
         self._learned |= set(result.protected_slices) | set(np.flatnonzero(edited).tolist())
         self.result = result
-        self.progress.setValue(1000)
-        self.progress.setFormat("done")
+        self.progress.value = 1000
+        self.progress.native.setFormat("done")
         t = result.timings
         kept = len(result.protected_slices) + int(edited.sum())
         text = (
@@ -226,7 +214,7 @@ class LearnPanel(QWidget):
             f"{kept} kept; learned in {t.get('train', 0):.0f} s, segmented in "
             f"{t.get('segment', 0):.0f} s. Ctrl+Z undoes it."
         )
-        self.status.setText(text)
+        self.status.value = text
         notify_info(text)
         if self.on_done is not None:
             self.on_done(result)
@@ -235,15 +223,15 @@ class LearnPanel(QWidget):
         from ..errors import CancelledError
 
         self._snapshot = None
-        self.progress.setValue(0)
-        self.progress.setFormat("")
+        self.progress.value = 0
+        self.progress.native.setFormat("")
         if isinstance(error, CancelledError):
-            self.status.setText("Cancelled: the mask is unchanged.")
+            self.status.value = "Cancelled: the mask is unchanged."
             return
-        self.status.setText("Failed: the mask is unchanged.")
+        self.status.value = "Failed: the mask is unchanged."
         notify_error(describe_error(error, "Learn from my corrections"))
 
     def _finished(self) -> None:
         self.worker = None
-        self.cancel_button.setEnabled(False)
+        self.cancel_button.enabled = False
         self.refresh()

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from magicgui.widgets import Container, Label, PushButton
 
-from ._layers import KEY, LUNGS, geometry_kwargs, plugin_meta
+from ._layers import KEY, LUNGS, geometry_kwargs, plugin_meta, wrap_labels
 
 #: Right lung blue, left lung orange (label 1 and 2), everything else transparent.
 LUNG_COLORS = {None: "transparent", 0: "transparent", 1: "#4fa3ff", 2: "#ffb347"}
@@ -79,46 +79,64 @@ def add_lungs_layer(viewer: Any, image: Any, lungs: np.ndarray, source: Any = No
     )
 
 
-class LungsPanel(QWidget):
+class LungsPanel(Container):
     """Report, "Show lung mask", "Correct lung mask" / "Back to lesions", "Compute lung mask".
 
-    The Correct widget sets the ``on_*`` callables and calls :meth:`set_state`.
+    A magicgui container. "Show lung mask" and "Correct lung mask" are toggle
+    buttons: their ``value`` is the checked state, and ``clicked`` carries the
+    state after the click. The Correct widget sets the ``on_*`` callables and
+    calls :meth:`set_state`.
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         self.on_show: Callable[[bool], Any] | None = None
         self.on_edit: Callable[[bool], Any] | None = None
         self.on_compute: Callable[[], Any] | None = None
-        self.report = QLabel("")
-        self.report.setWordWrap(True)
-        self.show_button = QPushButton("Show lung mask")
-        self.show_button.setCheckable(True)
-        self.show_button.setToolTip("Show the lung mask as a Labels layer: right = 1, left = 2")
-        self.show_button.clicked.connect(lambda checked: self._call(self.on_show, checked))
-        self.edit_button = QPushButton("Correct lung mask")
-        self.edit_button.setCheckable(True)
-        self.edit_button.setToolTip(
+        self.report = Label(name="report", value="")
+        self.show_button = PushButton(name="show_lungs", text="Show lung mask")
+        self.show_button.tooltip = "Show the lung mask as a Labels layer: right = 1, left = 2"
+        self.edit_button = PushButton(name="correct_lungs", text="Correct lung mask")
+        self.edit_button.tooltip = (
             "Edit the lung mask with the brush and the tools (label 1 = right lung, "
             "2 = left lung, 0 erases); the % of lungs follows"
         )
-        self.edit_button.clicked.connect(lambda checked: self._call(self.on_edit, checked))
-        self.compute_button = QPushButton("Compute lung mask")
-        self.compute_button.setToolTip("Make a lung mask from the CT (a few seconds)")
-        self.compute_button.clicked.connect(lambda *_: self._call(self.on_compute))
-        self.hint = QLabel(
-            "Paint 1 for the right lung, 2 for the left; the burden uses the edited lungs."
+        for button in (self.show_button, self.edit_button):
+            button.native.setCheckable(True)  # (magicgui has no toggle-button widget)
+        self.show_button.clicked.connect(
+            lambda checked=None: self._call(self.on_show, self._state(self.show_button, checked))
         )
-        self.hint.setWordWrap(True)
+        self.edit_button.clicked.connect(
+            lambda checked=None: self._call(self.on_edit, self._state(self.edit_button, checked))
+        )
+        self.compute_button = PushButton(name="compute_lungs", text="Compute lung mask")
+        self.compute_button.tooltip = "Make a lung mask from the CT (a few seconds)"
+        self.compute_button.clicked.connect(lambda *_: self._call(self.on_compute))
+        self.hint = Label(
+            name="hint",
+            value="Paint 1 for the right lung, 2 for the left; the burden uses the edited lungs.",
+        )
+        wrap_labels(self.report, self.hint)
         # Two buttons a row: the dock may be ~350 px wide.
-        row = QGridLayout()
-        for i, button in enumerate((self.show_button, self.edit_button, self.compute_button)):
-            row.addWidget(button, i // 2, i % 2)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.report)
-        layout.addLayout(row)
-        layout.addWidget(self.hint)
-        layout.addStretch(1)
+        toggles = Container(
+            name="toggles",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.show_button, self.edit_button],
+        )
+        self.compute_row = Container(
+            name="compute_row", layout="horizontal", labels=False, widgets=[self.compute_button]
+        )
+        self.compute_row.native.layout().addStretch(1)  # half the width, as a button of a pair
+        for row in (toggles, self.compute_row):
+            row.margins = (0, 0, 0, 0)
+        self.extend([self.report, toggles, self.compute_row, self.hint])
+        self.native.layout().addStretch(1)  # rows at the top, not spread over the page
+
+    @staticmethod
+    def _state(button: PushButton, checked: Any) -> bool:
+        """The toggle's state after a click (``clicked`` carries it; else the button's value)."""
+        return bool(button.value if checked is None else checked)
 
     @staticmethod
     def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
@@ -133,15 +151,14 @@ class LungsPanel(QWidget):
             report = "No lung mask for this lesion mask yet: compute one from the CT."
         elif not has_lungs:
             report += " (not kept with this mask: compute it again to see it)"
-        self.report.setText(report)
+        self.report.value = report
         for button, checked in ((self.show_button, shown), (self.edit_button, editing)):
-            button.blockSignals(True)
-            button.setChecked(checked)
-            button.blockSignals(False)
-        self.show_button.setEnabled(has_lungs and not busy)
-        self.edit_button.setEnabled(has_lungs and not busy)
-        self.edit_button.setText("Back to lesions" if editing else "Correct lung mask")
-        self.compute_button.setVisible(not has_lungs)
-        self.compute_button.setEnabled(not busy)
-        self.compute_button.setText("Computing..." if busy else "Compute lung mask")
-        self.hint.setVisible(has_lungs)
+            with button.changed.blocked():
+                button.value = checked
+        self.show_button.enabled = has_lungs and not busy
+        self.edit_button.enabled = has_lungs and not busy
+        self.edit_button.text = "Back to lesions" if editing else "Correct lung mask"
+        self.compute_row.visible = self.compute_button.visible = not has_lungs
+        self.compute_button.enabled = not busy
+        self.compute_button.text = "Computing..." if busy else "Compute lung mask"
+        self.hint.visible = has_lungs

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from magicgui.widgets import Container, Label, PushButton
 
 from ..correction import ReviewQueue
-from ._layers import current_index, jump_to, plugin_meta
+from ._layers import current_index, jump_to, plugin_meta, wrap_labels
 
 
 def queue_for(layer: Any, axial_axis: int) -> ReviewQueue:
@@ -31,40 +31,44 @@ def queue_for(layer: Any, axial_axis: int) -> ReviewQueue:
     return ReviewQueue(np.asarray(scores, dtype=np.float64))
 
 
-class ReviewPanel(QWidget):
-    """Previous / next / mark reviewed, and "12/87 reviewed"."""
+class ReviewPanel(Container):
+    """Previous / next / mark reviewed, and "12/87 reviewed" (a magicgui container)."""
 
     def __init__(self, viewer: Any) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         self.viewer = viewer
         self.layer: Any = None
         self.axial_axis = 0
         self.queue: ReviewQueue | None = None
         self.cursor: int | None = None  # the last slice visited through the queue
         self.on_change: Any = None
-        self.progress = QLabel("no mask")
-        self.where = QLabel("")
-        self.prev_button = QPushButton("◀ Previous")
-        self.prev_button.clicked.connect(self.previous)
-        self.next_button = QPushButton("Next ▶")
-        self.next_button.clicked.connect(self.next)
-        self.mark_button = QPushButton("Mark reviewed")
-        self.mark_button.setToolTip("Mark the shown axial slice as checked and go to the next one")
-        self.mark_button.clicked.connect(self.mark_reviewed)
-        row = QHBoxLayout()
-        for button in (self.prev_button, self.next_button, self.mark_button):
-            row.addWidget(button)
-        labels = QHBoxLayout()
-        labels.addWidget(self.progress)
-        labels.addStretch(1)
-        labels.addWidget(self.where)
-        hint = QLabel("Axial slices, most uncertain first; reviewed slices are what training uses.")
-        hint.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(hint)
-        layout.addLayout(labels)
-        layout.addLayout(row)
-        layout.addStretch(1)
+        self.hint = Label(
+            name="hint",
+            value="Axial slices, most uncertain first; reviewed slices are what training uses.",
+        )
+        wrap_labels(self.hint)
+        self.progress = Label(name="progress", value="no mask")
+        self.where = Label(name="where", value="")
+        self.prev_button = PushButton(name="previous", text="◀ Previous")
+        self.prev_button.clicked.connect(lambda *_: self.previous())
+        self.next_button = PushButton(name="next", text="Next ▶")
+        self.next_button.clicked.connect(lambda *_: self.next())
+        self.mark_button = PushButton(name="mark_reviewed", text="Mark reviewed")
+        self.mark_button.tooltip = "Mark the shown axial slice as checked and go to the next one"
+        self.mark_button.clicked.connect(lambda *_: self.mark_reviewed())
+        labels = Container(name="labels_row", layout="horizontal", labels=False)
+        labels.extend([self.progress, self.where])
+        labels.native.layout().insertStretch(1, 1)  # progress at the left, the slice at the right
+        row = Container(
+            name="buttons",
+            layout="horizontal",
+            labels=False,
+            widgets=[self.prev_button, self.next_button, self.mark_button],
+        )
+        for box in (labels, row):
+            box.margins = (0, 0, 0, 0)
+        self.extend([self.hint, labels, row])
+        self.native.layout().addStretch(1)  # rows at the top, not spread over the page
         viewer.dims.events.current_step.connect(self._update)
 
     def set_layer(self, layer: Any, axial_axis: int = 0) -> None:
@@ -127,12 +131,12 @@ class ReviewPanel(QWidget):
 
     def _update(self, event: Any = None) -> None:
         if self.queue is None:
-            self.progress.setText("no mask")
-            self.where.setText("")
+            self.progress.value = "no mask"
+            self.where.value = ""
             return None
-        self.progress.setText(self.queue.progress_text())
+        self.progress.value = self.queue.progress_text()
         z = self.current_slice()
         if z is not None:
             done = " ✓" if self.queue.is_reviewed(z) else ""
-            self.where.setText(f"slice {z} (uncertainty {self.queue.uncertainty[z]:.3f}){done}")
+            self.where.value = f"slice {z} (uncertainty {self.queue.uncertainty[z]:.3f}){done}"
         return None

@@ -783,7 +783,7 @@ class CorrectWidget(Container):
         except (CovidSegError, OSError) as err:
             notify_error(describe_error(err, "Saving the mask"))
             return None
-        self.export_panel.status.setText(f"Saved '{labels.name}' as {written}.")
+        self.export_panel.status.value = f"Saved '{labels.name}' as {written}."
         notify_info(f"Saved '{labels.name}' as {written} (the CT's geometry).")
         return str(written)
 
