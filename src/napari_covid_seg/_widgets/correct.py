@@ -233,7 +233,8 @@ class CorrectWidget(Container):
         self.lesion_panel.components_source = self._live_components
         self.margins = (4, 4, 4, 4)
         self.extend([pickers, self.info])
-        # Plain Qt where magicgui has no widget: the burden read-out and the tab pages.
+        # Plain Qt: the burden read-out and the tab widget (magicgui has no tab container);
+        # the pages are magicgui containers, except Tools and the lesion table.
         layout = self.native.layout()
         layout.setSpacing(4)
         layout.addWidget(self.burden_panel)
