@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from qtpy.QtCore import QItemSelectionModel
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -226,9 +227,12 @@ def test_fill_between_touches_only_the_chosen_lesions_slices(make_napari_viewer,
     widget.show_tab("Lesions")
     panel = widget.lesion_panel
     panel.refresh(force=True)
-    panel.table.selectRow(
-        next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130)
-    )
+    row = next(i for i, les in enumerate(panel.lesions) if les.bbox[1].start >= 130)
+    # (not selectRow: it reads Qt's global keyboard modifiers, which an earlier test's
+    # Ctrl+Shift+Z key click may leave set, and then toggles or extends instead of selecting)
+    flags = QItemSelectionModel.SelectionFlag.ClearAndSelect
+    flags |= QItemSelectionModel.SelectionFlag.Rows
+    panel.table.selectionModel().select(panel.table.model().index(row, 0), flags)
     tools.fill_from.setValue(22)
     tools.fill_to.setValue(26)
     kept = labels.data.copy()
