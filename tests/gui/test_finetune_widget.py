@@ -122,8 +122,7 @@ def test_finetune_run_selects_new_version_and_rolls_back(
     ft.rollback_button.clicked.emit()
     assert seg.selected_model() == old_path
     assert (
-        "Rolled back" in ft.status_label.value
-        and "Use tiny-phantom-ft" in ft.rollback_button.text
+        "Rolled back" in ft.status_label.value and "Use tiny-phantom-ft" in ft.rollback_button.text
     )
     assert "tiny-phantom-ft" in store.names()
     assert not [n for n in notes if n[0] == "error"]
