@@ -358,7 +358,7 @@ def test_local_enforcement_leaves_far_regions_as_they_were():
     assert not glob[current].any()
 
 
-def test_fix_slice_applies_the_volumes_intensity_map():
+def test_the_volumes_map_from_lung_report_becomes_a_standardization():
     from napari_covid_seg.correction.clicks import _as_standardization
     from napari_covid_seg.inference.intensity import Standardization
 
