@@ -261,6 +261,11 @@ class ClickSegmenter:
         self._cache = (key, ctx)
         return ctx
 
+    def _click_radius(self, ctx: SliceContext, h: int, w: int) -> float:
+        """A click's radius in native pixels: ``radius_px`` of the model grid through the ROI."""
+        side = ctx.roi.side if ctx.roi is not None else max(h, w)
+        return native_radius(self.radius_px, side, self.predictor.model_hw(side, side)[0])
+
     # -- prediction -----------------------------------------------------------------------------
 
     def predict(
@@ -298,8 +303,7 @@ class ClickSegmenter:
             thickness_mm=thickness_mm,
         )
         t1 = time.perf_counter()
-        side = ctx.roi.side if ctx.roi is not None else max(h, w)
-        radius = native_radius(self.radius_px, side, self.predictor.model_hw(side, side)[0])
+        radius = self._click_radius(ctx, h, w)
         maps = click_maps((h, w), positives, negatives, radius)
         mask = (
             np.zeros((h, w), np.float32)
@@ -377,8 +381,14 @@ class ClickSegmenter:
         thr = float(np.log(self.threshold / (1.0 - self.threshold)))
         if not self.enforce or not (len(positives) or len(negatives)):
             return logits > thr
-        side = self._cache[1].roi.side if self._cache and self._cache[1].roi is not None else None
-        radius = native_radius(self.radius_px, side or max(np.shape(image_2d)))
+        ctx = self.context(  # cached by predict
+            np.asarray(image_2d),
+            spacing_yx_mm=spacing_yx_mm,
+            intensity=intensity,
+            roi=roi,
+            thickness_mm=thickness_mm,
+        )
+        radius = self._click_radius(ctx, *np.shape(image_2d))
         return enforce_clicks(
             1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0))),
             current_mask_2d,
