@@ -164,3 +164,94 @@ def test_chest_wall_blob_apart_from_the_lung_goes_while_attached_consolidation_s
     assert mask[z][blob].sum() == 0, "a blob apart from the lung was kept"
     assert mask[z][attached].mean() >= 0.95, "a lesion continuous with the lung was cut"
     assert removed >= blob.sum()
+
+
+def test_smoothed_landmark_resists_the_noise_of_a_sharp_kernel(phantom):
+    """Noise widens the lung histogram: a raw 25th percentile falls, a smoothed one barely moves."""
+    img, truth = phantom
+    r = img.reorientation
+    canon = to_canonical(img.data, r).astype(np.float32)
+    lungs = to_canonical(truth.extra["lungs"], r)
+    spacing = tuple(float(img.spacing[a]) for a in r.axes)
+    noisy = canon + np.random.default_rng(0).normal(0.0, 80.0, canon.shape).astype(np.float32)
+    raw_shift = lung_landmark(noisy, lungs) - lung_landmark(canon, lungs)
+    smooth = {"smooth_mm": 3.0, "spacing": spacing}
+    smooth_shift = lung_landmark(noisy, lungs, **smooth) - lung_landmark(canon, lungs, **smooth)
+    assert raw_shift < -30.0  # the raw percentile is pulled down by the noise
+    assert abs(smooth_shift) < 0.3 * abs(raw_shift)
+    # the policy's smooth_mm reaches the map (older versions: no key, raw percentile)
+    spec = standardize_spec({"standardize": {"target_hu": -1100.0, "smooth_mm": 3.0}})
+    a = standardization(noisy, lungs, "hu", spec, spacing=spacing)
+    b = standardization(canon, lungs, "hu", spec, spacing=spacing)
+    assert a is not None and b is not None
+    assert abs(a.landmark_hu - b.landmark_hu) < 0.3 * abs(raw_shift)
+    assert standardize_spec({"standardize": {"percentile": 25.0}})["smooth_mm"] == 0.0
+
+
+def test_confident_predictions_in_empty_air_never_stop_the_restriction():
+    """Sharp-kernel noise around the body can look like ground glass to the model.
+
+    Confident voxels there are not a lung the mask missed: the restriction
+    still applies (and removes them) instead of being skipped.
+    """
+    lungs = np.zeros((1, 80, 80), np.uint8)
+    lungs[0, 10:50, 10:70] = RIGHT_LUNG
+    image = np.full((1, 80, 80), -860.0, np.float32)
+    image[0, 55:80] = np.random.default_rng(1).normal(-1000.0, 60.0, (25, 80))  # air below
+    mask = np.zeros_like(lungs)
+    mask[0, 20:25, 20:30] = 1  # 50 voxels of lesion in the lung
+    mask[0, 58:70, 5:75] = 1  # 840 confident voxels in the noisy air under the patient
+    prob = (mask * 250).astype(np.uint8)
+    skipped = mask.copy()
+    removed, reason = restrict_to_lungs_checked(skipped, prob, lungs, (5.0, 1.0, 1.0))
+    assert removed == 0 and "confident" in reason  # without the image: looks like a missed lung
+    removed, reason = restrict_to_lungs_checked(
+        mask, prob, lungs, (5.0, 1.0, 1.0), image=image, empty_threshold=-900.0
+    )
+    assert reason == "" and removed == 840
+    assert mask[0, 20:25, 20:30].all()
+
+
+def test_a_blob_outside_a_rib_goes_while_consolidation_inside_it_stays():
+    """The chest-wall muscles lie outside the ribs; consolidation lies between lung and rib.
+
+    A synthetic slice at 1 mm: two lungs, a rib 7-10 mm lateral of the right
+    lung, a scapula-like bone farther out (so the rib cage's convex hull holds
+    the muscles between them). A prediction runs from the lung through the
+    rib into those muscles: the part beyond the rib goes, the consolidation
+    between lung and rib stays.
+    """
+    from napari_covid_seg.inference.lungs import LEFT_LUNG
+
+    n = 160
+    yy, xx = np.mgrid[0:n, 0:n]
+    image = np.full((1, n, n), -1000.0, np.float32)
+    image[0][((yy - 80) / 72.0) ** 2 + ((xx - 80) / 76.0) ** 2 < 1] = 40.0  # body
+    lungs = np.zeros((1, n, n), np.uint8)
+    for label, cx in ((RIGHT_LUNG, 55), (LEFT_LUNG, 105)):
+        lungs[0][((yy - 80) / 40.0) ** 2 + ((xx - cx) / 18.0) ** 2 < 1] = label
+    image[0][lungs[0] > 0] = -860.0
+    for c0, c1, r0, r1 in ((27, 31, 70, 91), (14, 17, 66, 101)):  # rib, scapula; and mirrored
+        image[0, r0:r1, c0:c1] = 400.0
+        image[0, r0:r1, n - c1 : n - c0] = 400.0
+    image[0, 110:118, 76:84] = 400.0  # spine
+    mask = np.zeros_like(lungs)
+    consolidation = np.zeros((n, n), bool)
+    consolidation[74:87, 31:40] = True  # from the lung out to the rib's inner face
+    muscles = np.zeros((n, n), bool)
+    muscles[74:87, 17:23] = True  # between the rib and the scapula
+    mask[0][consolidation | muscles] = 1
+    mask[0, 79:82, 17:31] = 1  # through the rib
+    prob = (mask * 240).astype(np.uint8)
+    removed, reason = restrict_to_lungs_checked(mask, prob, lungs, (5.0, 1.0, 1.0), image=image)
+    assert reason == ""
+    assert mask[0][consolidation].mean() >= 0.95, "consolidation between lung and rib was cut"
+    assert mask[0][muscles].mean() <= 0.2, "a blob outside the rib was kept"
+    assert removed >= 0.8 * muscles.sum()
+    # a window that saturates soft tissue (some 0..255 sets) has no ribs to go by:
+    # "bone" is most of the body, and nothing is cut as behind it
+    bright = np.where(image > -500.0, 400.0, image).astype(np.float32)
+    m2 = np.zeros_like(lungs)
+    m2[0][consolidation] = 1
+    restrict_to_lungs_checked(m2, (m2 * 240).astype(np.uint8), lungs, (5.0, 1.0, 1.0), image=bright)
+    assert m2[0][consolidation].mean() >= 0.95

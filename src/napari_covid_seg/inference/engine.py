@@ -794,6 +794,7 @@ def iter_segment(
             vol.intensity,
             standardize_spec(spec),
             plausible=check is not None and check.plausible,
+            spacing=spacing_c,
         )
 
     if batch_size == "auto" or batch_size is None:
@@ -881,7 +882,7 @@ def iter_segment(
     lung_labels: np.ndarray | None = None
     if lungs_c is not None:
         from .lungs import hu_to_intensity
-        from .postprocess import BONE_HU, complete_lungs, restrict_to_lungs_checked
+        from .postprocess import BONE_HU, EMPTY_AIR_HU, complete_lungs, restrict_to_lungs_checked
 
         if check is None:
             check = check_lungs(lungs_c, spacing_c)
@@ -902,6 +903,7 @@ def iter_segment(
                     image=canon,
                     bone_threshold=hu_to_intensity(BONE_HU - 10.0, vol.intensity),
                     air_threshold=air_cut,
+                    empty_threshold=hu_to_intensity(EMPTY_AIR_HU, vol.intensity),
                     # a lungs ROI is symmetric about the body's midline
                     midline=(roi.x0 + roi.x1) / 2.0
                     if roi is not None and roi.source == "lungs"

@@ -32,7 +32,11 @@ DEFAULT_STANDARDIZE: dict = {
     "min_scale": 0.7,
     "max_scale": 1.6,
     "min_voxels": 2000,
+    "smooth_mm": 0.0,
 }
+
+#: At most this many axial slices are smoothed to measure the landmark (evenly spaced).
+LANDMARK_SLICES = 48
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,40 @@ def standardize_spec(roi_spec: dict | None) -> dict | None:
     return {**DEFAULT_STANDARDIZE, **(s if isinstance(s, dict) else {})}
 
 
-def lung_landmark(canon: np.ndarray, lungs: np.ndarray, percentile: float = 25.0) -> float | None:
-    """The ``percentile`` of the image inside ``lungs`` (same shape), in the image's units."""
+def lung_landmark(
+    canon: np.ndarray,
+    lungs: np.ndarray,
+    percentile: float = 25.0,
+    *,
+    smooth_mm: float = 0.0,
+    spacing: tuple[float, ...] | None = None,
+) -> float | None:
+    """The ``percentile`` of the image inside ``lungs`` (same shape), in the image's units.
+
+    With ``smooth_mm > 0`` the image is first smoothed in-plane (axes 1, 2 of
+    ``(S, P, L)``; Gaussian sigma in mm, ``spacing`` the voxel size in mm) on at
+    most :data:`LANDMARK_SLICES` evenly spaced slices that hold lung.
+    """
     inside = np.asarray(lungs) > 0
-    n = int(np.count_nonzero(inside))
-    if n == 0:
-        return None
-    values = np.asarray(canon)[inside]
+    if inside.ndim == 3 and smooth_mm > 0:
+        from scipy import ndimage
+
+        rows = np.flatnonzero(inside.reshape(len(inside), -1).any(axis=1))
+        if len(rows) > LANDMARK_SLICES:
+            rows = rows[np.linspace(0, len(rows) - 1, LANDMARK_SLICES).round().astype(int)]
+        sp = tuple(spacing or (1.0, 1.0, 1.0))
+        sigma = (0.0, smooth_mm / max(float(sp[1]), 1e-6), smooth_mm / max(float(sp[2]), 1e-6))
+        img = ndimage.gaussian_filter(np.asarray(canon)[rows].astype(np.float32), sigma)
+        inside = inside[rows]
+        n = int(np.count_nonzero(inside))
+        if n == 0:
+            return None
+        values = img[inside]
+    else:
+        n = int(np.count_nonzero(inside))
+        if n == 0:
+            return None
+        values = np.asarray(canon)[inside]
     step = max(1, n // 400_000)
     return float(np.percentile(values[::step], percentile))
 
@@ -97,6 +128,7 @@ def standardization(
     spec: dict | None,
     *,
     plausible: bool = True,
+    spacing: tuple[float, ...] | None = None,
 ) -> Standardization | None:
     """The map for one canonical volume ``(S, P, L)``, or None (off, no or implausible lungs).
 
@@ -105,6 +137,7 @@ def standardization(
         lungs: its lung labels, same shape.
         spec: :func:`standardize_spec` of the model's ROI policy.
         plausible: the lung mask passed :func:`~.lungs.check_lungs`.
+        spacing: ``(S, P, L)`` voxel size in mm (for ``spec["smooth_mm"]``).
     """
     from .lungs import hu_to_intensity
 
@@ -112,7 +145,13 @@ def standardization(
         return None
     if int(np.count_nonzero(lungs)) < int(spec["min_voxels"]):
         return None
-    landmark = lung_landmark(canon, lungs, float(spec["percentile"]))
+    landmark = lung_landmark(
+        canon,
+        lungs,
+        float(spec["percentile"]),
+        smooth_mm=float(spec.get("smooth_mm") or 0.0),
+        spacing=spacing,
+    )
     if landmark is None:
         return None
     anchor = hu_to_intensity(float(spec["anchor_hu"]), intensity)

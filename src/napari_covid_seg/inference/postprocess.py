@@ -17,6 +17,10 @@ BONE_HU = 150.0
 CHEST_WALL_MM = 50.0
 #: Bone this close to the chest the lungs imply is rib (farther: scapula, arm), mm.
 RIB_MM = 25.0
+#: Bone above this share of the body's non-lung area is not bone (saturated windowing).
+MAX_BONE_SHARE = 0.25
+#: Below this local mean (HU, 5 x 5 px) a voxel is empty air: no lesion, never evidence of lung.
+EMPTY_AIR_HU = -900.0
 
 
 def mask_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -83,6 +87,7 @@ def restrict_to_lungs_checked(
     margin_mm: float = LUNG_MARGIN_MM,
     wall_mm: float = CHEST_WALL_MM,
     midline: float | None = None,
+    empty_threshold: float | None = None,
 ) -> tuple[int, str]:
     """In place, on canonical ``(S, P, L)`` arrays: drop predictions outside the lungs.
 
@@ -95,7 +100,10 @@ def restrict_to_lungs_checked(
     mask implies (per slice with lungs: the convex hull of the lungs and their
     mirror image about ``midline``, plus ``wall_mm``): then the lung mask, not
     the model, is what is wrong (a lung it missed). Confident predictions far
-    from any lung (fat, table, bowel below the lungs) never stop the cut.
+    from any lung (fat, table, bowel below the lungs) never stop the cut,
+    nor do confident predictions in empty air (local mean of ``image`` below
+    ``empty_threshold``: the noise of a sharp kernel around the body), which
+    no lung the mask missed can explain.
 
     Args:
         mask: uint8 lesion mask, modified in place.
@@ -107,6 +115,8 @@ def restrict_to_lungs_checked(
             and -320 HU by default).
         midline: the body's midline as a (fractional) column index of axis 2;
             None: the middle of the lungs' right-left extent.
+        empty_threshold: empty air in the image's units (:data:`EMPTY_AIR_HU`
+            for HU), or None: every confident voxel counts.
     Returns:
         ``(voxels removed, reason)``: the reason is empty when the restriction
         was applied, else says why it was skipped.
@@ -148,6 +158,9 @@ def restrict_to_lungs_checked(
             cage = ndimage.maximum_filter(cage, size=size)
         inside = inside | _attached(mask[i] > 0, inside, cage)
         confident = (probability[i] >= cut) & (mask[i] > 0)
+        if image is not None and empty_threshold is not None:
+            local = ndimage.uniform_filter(image[i].astype(np.float32), size=5)
+            confident &= local >= empty_threshold
         base += int(np.count_nonzero(confident & (thorax | (lungs[i] > 0))))
         drop = outside[i] & ~inside
         if drop.any():
@@ -185,7 +198,8 @@ def _slice_regions(
     caller keeps only predictions there that are attached to the hull).
     thorax: the hull of the lungs and their mirror image about ``midline``,
     dilated by ``near`` (where a missed lung would be). ``cuts``: the air and
-    bone thresholds in the image's units.
+    bone thresholds in the image's units. What bone separates from the hull
+    (:func:`behind_bone`: the chest-wall muscles outside a rib) is not cage.
     """
     from .lungs import LEFT_LUNG, RIGHT_LUNG, convex_hull, outside_air
 
@@ -211,12 +225,58 @@ def _slice_regions(
         body = np.isin(parts, np.unique(parts[lungs])) & (parts > 0)
         ribs = (image >= cuts[1]) & body & ndimage.maximum_filter(chest, size=rib)
         cage = convex_hull(ribs) & near_lung
+        # The chest-wall muscles lie outside the ribs: not where consolidation can be.
+        # Not when "bone" is a large part of the body: an image windowed so that
+        # soft tissue and consolidation saturate (some 0..255 sets) has no ribs to go by.
+        bright = np.count_nonzero((image >= cuts[1]) & body)
+        if bright <= MAX_BONE_SHARE * np.count_nonzero(body & ~lungs):
+            solid = _without_specks(ribs, min_px=3)  # noise specks of a sharp kernel are no rib
+            cage &= ~behind_bone(cage & ~inside, inside, ndimage.maximum_filter(solid, size=3))
     thorax = ndimage.maximum_filter(chest, size=near)
     return inside, cage, thorax
 
 
+def _without_specks(mask: np.ndarray, min_px: int) -> np.ndarray:
+    """``mask`` without its 8-connected components of fewer than ``min_px`` pixels."""
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(parts.ravel(), minlength=n + 1)
+    keep = sizes >= min_px
+    keep[0] = False
+    return keep[parts]
+
+
+def behind_bone(
+    candidates: np.ndarray, hull: np.ndarray, bone: np.ndarray, steps: int = 16
+) -> np.ndarray:
+    """The ``candidates`` that bone separates from ``hull`` (bool ``(P, L)`` each).
+
+    A candidate pixel is behind bone when the straight segment from the
+    nearest ``hull`` pixel to it crosses ``bone`` before its last pixel: a
+    blob in the chest-wall muscles lies outside a rib, consolidation lies
+    between the lung and the ribs. ``steps`` points are sampled per segment.
+    """
+    out = np.zeros_like(candidates, dtype=bool)
+    if not candidates.any() or not hull.any() or not bone.any():
+        return out
+    _, (iy, ix) = ndimage.distance_transform_edt(~hull, return_indices=True)
+    py, px = np.nonzero(candidates)
+    qy, qx = iy[py, px], ix[py, px]
+    length = np.hypot(py - qy, px - qx)
+    # up to 1.5 px short of the candidate itself, so a pixel touching a rib's inner face stays
+    t = (
+        np.linspace(0.0, 1.0, steps)[None, :]
+        * np.clip(1.0 - 1.5 / np.maximum(length, 1e-6), 0, 1)[:, None]
+    )
+    sy = np.rint(qy[:, None] + t * (py - qy)[:, None]).astype(int)
+    sx = np.rint(qx[:, None] + t * (px - qx)[:, None]).astype(int)
+    out[py, px] = bone[sy, sx].any(axis=1)
+    return out
+
+
 def _attached(pred: np.ndarray, hull: np.ndarray, cage: np.ndarray) -> np.ndarray:
-    """Predicted voxels in ``cage`` connected to ``hull`` through predicted voxels (in-plane).
+    """Predicted voxels in ``cage`` joined to ``hull`` by predicted voxels in ``cage`` (in-plane).
 
     Consolidation along the chest wall continues the lung's lesion; a blob in
     the chest-wall muscles or the axilla, separated from the lung by ribs or
@@ -225,6 +285,7 @@ def _attached(pred: np.ndarray, hull: np.ndarray, cage: np.ndarray) -> np.ndarra
     cand = pred & cage & ~hull
     if not cand.any():
         return cand
+    # connected through kept ground only: not through voxels behind a rib
     parts, n = ndimage.label(pred | _rim(hull), structure=np.ones((3, 3), bool))
     if n == 0:
         return cand

@@ -262,7 +262,12 @@ def roi_for_canonical(
 
         standardize_out.append(
             standardization(
-                canon, lungs, intensity, standardize_spec(spec), plausible=check.plausible
+                canon,
+                lungs,
+                intensity,
+                standardize_spec(spec),
+                plausible=check.plausible,
+                spacing=spacing,
             )
         )
     return roi
