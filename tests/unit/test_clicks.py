@@ -170,6 +170,22 @@ def test_next_click_lies_inside_the_largest_error_region():
     assert 3 <= r <= 6 and 3 <= col <= 46
 
 
+def test_max_distance_rule_clicks_the_thickest_error_not_the_largest():
+    shape = (100, 120)
+    truth = np.zeros(shape, bool)
+    truth[20:26, 5:115] = True  # a long thin missed band: the largest error by area (660 px)
+    blob = _disk(shape, 70, 40, 9)  # a round false positive: smaller (~250 px), thicker
+    pred = blob.copy()
+    assert truth.sum() > blob.sum()
+    c = next_click(pred, truth)  # the default: the largest region's interior point
+    assert c is not None and c.positive and truth[c.row, c.col]
+    c = next_click(pred, truth, rule="max_distance")  # RITM: the farthest from any border
+    assert c is not None and not c.positive and (c.row, c.col) == (70, 40)
+    assert next_click(truth, truth, rule="max_distance") is None
+    with pytest.raises(ValueError, match="click rule"):
+        next_click(pred, truth, rule="centre")
+
+
 # -- a click model learns from clicks -------------------------------------------------------------
 
 

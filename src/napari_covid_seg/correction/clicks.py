@@ -6,10 +6,11 @@ Pure numpy/scipy plus torch (imported lazily); no Qt. Three parts:
   model's input grid (256), drawn on the native slice grid with the radius
   scaled by ``roi.side / 256``, so after the engine's ROI crop and resize a
   click is the same disk the model was trained with.
-* **Click simulation** (:func:`next_click`), as in RITM / DeepEdit: the next
+* **Click simulation** (:func:`next_click`), as in DIOS / DeepEdit: the next
   click is the interior point (maximum of the distance transform) of the
   largest error region; positive where lesion was missed, negative where
-  the mask is a false positive.
+  the mask is a false positive (``rule="max_distance"``: RITM's variant,
+  the farthest-from-border point of all errors).
 * :class:`ClickSegmenter`: what the widget calls. ``fix_slice(image, mask,
   positives, negatives, spacing_yx_mm=..., intensity=...)`` runs the click
   model on one canonical axial slice (rows anterior -> posterior, columns
@@ -114,24 +115,54 @@ def largest_error_region(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarra
 
 def interior_point(region: np.ndarray) -> tuple[int, int]:
     """The point of a bool region farthest from its border (the image edge counts as border)."""
-    padded = np.pad(np.asarray(region, bool), 1)
-    dist = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    dist = _interior_distance(np.asarray(region, bool))
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(r), int(c)
 
 
-def next_click(pred: np.ndarray, truth: np.ndarray) -> Click | None:
-    """The next simulated click (RITM/DeepEdit): interior point of the largest error region.
+#: Click-simulation rules of :func:`next_click`.
+CLICK_RULES = ("largest_region", "max_distance")
 
-    ``pred``, ``truth``: ``(H, W)`` masks. Positive if that region is missed
-    lesion, negative if it is a false positive; None when there is no error.
+
+def next_click(pred: np.ndarray, truth: np.ndarray, rule: str = "largest_region") -> Click | None:
+    """The next simulated click on ``(H, W)`` masks, or None when they agree.
+
+    ``rule``:
+
+    * ``"largest_region"`` (the default; this project's benchmark and the
+      click model's training; DIOS / DeepEdit): the interior point (maximum
+      of the distance transform) of the largest connected error region, by
+      area; positive if that region is missed lesion, negative if it is a
+      false positive.
+    * ``"max_distance"`` (RITM's ``get_next_points``): the point of all
+      errors farthest from an error border (the image edge counts as border),
+      missed lesion and false positive compared by that distance (a tie goes
+      to the negative click), whatever the area of the region it lies in.
     """
+    if rule == "max_distance":
+        pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+        missed, false = truth & ~pred, pred & ~truth
+        if not (missed.any() or false.any()):
+            return None
+        d_missed = _interior_distance(missed)
+        d_false = _interior_distance(false)
+        positive = float(d_missed.max()) > float(d_false.max())
+        d = d_missed if positive else d_false
+        r, c = np.unravel_index(int(np.argmax(d)), d.shape)
+        return Click(int(r), int(c), bool(positive))
+    if rule != "largest_region":
+        raise ValueError(f"unknown click rule {rule!r}; expected one of {CLICK_RULES}")
     found = largest_error_region(pred, truth)
     if found is None:
         return None
     region, positive = found
     r, c = interior_point(region)
     return Click(r, c, positive)
+
+
+def _interior_distance(region: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float distance of each region pixel to its border (the image edge is border)."""
+    return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
 
 
 def random_clicks(
