@@ -4,9 +4,10 @@ GUI-free and seeded; prints one JSON object. The path is the one a user
 runs: every labelled slice becomes HU NIfTI with its true anatomy, is read
 back by the plugin's reader and segmented by ``segment`` with default
 settings (the automatic mask the user starts from, the lung ROI); then
-clicks are simulated on the native slice, RITM/DeepEdit style (the interior
+clicks are simulated on the native slice, DIOS/DeepEdit style (the interior
 point of the largest error region, positive on missed lesion, negative on
-false positive), each followed by :meth:`ClickSegmenter.fix_slice` with the
+false positive; ``--click-rule max_distance``: RITM's farthest-from-border
+point of all errors), each followed by :meth:`ClickSegmenter.fix_slice` with the
 current mask and all clicks so far.
 
 Keys: ``dice_at_clicks`` (clicks -> mean Dice; 0 = the automatic mask),
@@ -156,8 +157,13 @@ def slices_of(case: dict[str, Any], auto_mask: np.ndarray, roi_box: Any) -> list
     return out
 
 
-def run_clicks(seg: Any, s: dict, max_clicks: int) -> tuple[list[float], list[float]]:
-    """Dice after 0..max_clicks clicks on one slice and the seconds of each fix_slice."""
+def run_clicks(
+    seg: Any, s: dict, max_clicks: int, rule: str = "largest_region"
+) -> tuple[list[float], list[float]]:
+    """Dice after 0..max_clicks clicks on one slice and the seconds of each fix_slice.
+
+    ``rule``: the click simulation (:func:`~napari_covid_seg.correction.clicks.next_click`).
+    """
     from napari_covid_seg.correction.clicks import dice, next_click
 
     mask = s["auto"]
@@ -166,7 +172,7 @@ def run_clicks(seg: Any, s: dict, max_clicks: int) -> tuple[list[float], list[fl
     curve, seconds = [dice(mask, s["truth"])], []
     # every click is run (no early stop): the curve is measured up to max_clicks
     for _ in range(max_clicks):
-        c = next_click(mask, s["truth"])
+        c = next_click(mask, s["truth"], rule)
         if c is None:
             curve.append(1.0)
             continue
@@ -248,6 +254,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "'local' (also: the model's changes only where they touch a click) or 'off' (the "
         "model's mask as is)",
     )
+    ap.add_argument(
+        "--click-rule",
+        choices=("largest_region", "max_distance"),
+        default="largest_region",
+        help="click simulation: the interior point of the largest error region (the default, "
+        "DIOS/DeepEdit, as in training) or RITM's farthest-from-border point of all errors",
+    )
     args = ap.parse_args(argv)
     report = [k for k in REPORT if k <= args.max_clicks]
 
@@ -318,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     curves, per_click, per_slice = [], [], []
     for s in slices:
-        curve, seconds = run_clicks(seg, s, args.max_clicks)
+        curve, seconds = run_clicks(seg, s, args.max_clicks, args.click_rule)
         curves.append(curve)
         per_click += seconds
         brush = {str(k): brush_voxels(s["auto"], s["truth"], curve[k]) for k in report[1:]}
@@ -357,8 +370,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_clicks": cap,
         "start": f"segment() mask (defaults) of the {args.start} model",
         "enforce": args.enforce,
-        "protocol": "start = segment() mask (defaults); click = interior of the largest error "
-        "region (positive: missed lesion, negative: false positive); fix_slice with the "
+        "click_rule": args.click_rule,
+        "protocol": "start = segment() mask (defaults); click = "
+        + (
+            "interior of the largest error region"
+            if args.click_rule == "largest_region"
+            else "farthest-from-border point of all errors (RITM)"
+        )
+        + " (positive: missed lesion, negative: false positive); fix_slice with the "
         "current mask and all clicks; native-resolution Dice per slice, averaged",
         "dice_at_clicks": {str(k): round(float(arr[:, k].mean()), 4) for k in report},
         "dice_curve": [round(float(v), 4) for v in arr.mean(axis=0)],
