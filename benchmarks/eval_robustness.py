@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_version": mv.version,
         "preprocessing_roi": mv.preprocessing.get("roi"),
         "n_slices": len(slices),
-        "tta": args.tta,
+        "tta": True if args.tta else "auto (the segment default: on for noisy scans)",
         "path": "one-slice HU NIfTI, true affine -> reader -> segment (defaults)",
         "variants": {},
     }
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     "precision": round(r["precision"], 4),
                     "sensitivity": round(r["sensitivity"], 4),
                     "restriction_skipped": r["restriction_skipped"],
+                    "tta_on": r["tta_on"],
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
             row["defaults_minus_no_restrict"] = round(

@@ -292,3 +292,24 @@ def test_demo_without_default_model_says_so(qtbot, tmp_path, monkeypatch, notes)
     finally:
         viewer.close()
         gc.collect()
+
+
+def test_noisy_scan_gets_flips_in_auto_mode_and_the_status_says_so(
+    make_napari_viewer, qtbot, tiny_model
+):
+    """Flips: "auto" by default turns test-time flips on for a noisy scan; "off" does not."""
+    img, _ = make_phantom(shape=(8, 128, 128), spacing=(5.0, 2.2, 2.2), seed=2)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(img.data + rng.normal(0.0, 90.0, img.data.shape), -1024, 3071)
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy.astype(np.int16), name="noisy CT", scale=img.spacing)
+    widget = _widget(viewer, tiny_model)
+    assert widget.tta.value == "auto"
+    _run(qtbot, widget)
+    assert "Test-time flips on: noisy scan" in widget.status.value
+    flipped = viewer.layers["noisy CT lesions"].data.copy()
+    widget.tta.value = "off"
+    widget.confirm = lambda *a, **k: True  # replace the previous result without asking
+    _run(qtbot, widget)
+    assert "Test-time flips" not in widget.status.value
+    assert viewer.layers["noisy CT lesions"].data.shape == flipped.shape

@@ -225,3 +225,21 @@ def test_a_skipped_lung_restriction_is_said_on_the_summary_line(tmp_path, capsys
     assert "lung restriction skipped" in out.out and "no lungs found" in out.out
     mask = read_volume(tmp_path / "out" / "block_lesions.nii.gz", as_mask=True).data
     assert mask.all()  # nothing was deleted
+
+
+def test_noisy_scans_get_test_time_flips_by_default_and_the_line_says_so(tmp_path, capsys):
+    """`segment` defaults: flips on for a noisy scan, said on the line; `--no-tta`: off."""
+    img, _ = make_phantom(shape=(8, 128, 128), spacing=(5.0, 2.2, 2.2), seed=2)
+    rng = np.random.default_rng(0)
+    noisy = img.with_data(
+        np.clip(img.data + rng.normal(0.0, 90.0, img.data.shape), -1024, 3071).astype(np.int16)
+    )
+    write_volume(tmp_path / "noisy.nii.gz", noisy.data, like=noisy)
+    assert run_cli(tmp_path / "noisy.nii.gz", "-o", tmp_path / "a", "--device", "cpu") == 0
+    line = capsys.readouterr().out
+    assert "test-time flips on (noisy scan: lung noise" in line
+    assert run_cli(tmp_path / "noisy.nii.gz", "-o", tmp_path / "b", "--no-tta") == 0
+    assert "test-time flips" not in capsys.readouterr().out
+    args = cli.build_parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--tta"])
+    assert args.tta is True
+    assert cli.build_parser().parse_args(["segment", "x.nii.gz", "-o", "o"]).tta is None

@@ -65,8 +65,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--tta",
-        action="store_true",
-        help="test-time augmentation: average with the right-left mirror (2x the model time)",
+        action="store_const",
+        const=True,
+        default=None,
+        help="test-time augmentation: average with the right-left mirror (2x the model time); "
+        "default: on only for noisy scans (lung noise above 50 HU, e.g. a sharp kernel)",
+    )
+    p.add_argument(
+        "--no-tta",
+        dest="tta",
+        action="store_const",
+        const=False,
+        help="never use test-time flips, not even on noisy scans",
     )
     p.add_argument(
         "--save-probabilities",
@@ -348,7 +358,7 @@ def _segment_one(
             batch_size=args.batch_size,
             threshold=args.threshold,
             restrict_to_lungs=args.lung_restrict,
-            tta=getattr(args, "tta", False),
+            tta=getattr(args, "tta", None),
             progress=bar.update_to,
         )
     finally:
@@ -370,7 +380,8 @@ def _segment_one(
             print(f"note: {name} is not a DICOM series: no DICOM-SEG written", file=sys.stderr)
     seconds = time.perf_counter() - t0
     print(
-        f"{name}: {result.quantify().summary()}{_lung_note(result)}; {seconds:.1f} s on "
+        f"{name}: {result.quantify().summary()}{_lung_note(result)}{_tta_note(result)}; "
+        f"{seconds:.1f} s on "
         f"{result.device} -> {mask_path}",
         flush=True,
     )
@@ -382,6 +393,14 @@ def _lung_note(result: Any) -> str:
     report = result.lung_report or {}
     if report.get("status") == "skipped":
         return f"; lung restriction skipped: {report.get('reason', '')}"
+    return ""
+
+
+def _tta_note(result: Any) -> str:
+    """``"; test-time flips on (noisy scan: ...)"`` when auto mode turned them on, or nothing."""
+    tta = getattr(result, "tta", None) or {}
+    if tta.get("mode") == "auto" and tta.get("on"):
+        return f"; test-time flips on ({tta.get('reason', 'noisy scan')})"
     return ""
 
 

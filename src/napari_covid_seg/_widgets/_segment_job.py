@@ -32,7 +32,7 @@ class SegmentRequest:
     batch_size: int | str = "auto"
     threshold: float | None = None
     restrict_to_lungs: bool = True
-    tta: bool = False
+    tta: bool | None = None  # None: automatic (on for noisy scans)
     uncertainty_map: bool = False
     attention: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)

@@ -160,10 +160,14 @@ class SegmentWidget(Container):
             tooltip="Drop predictions outside the lungs (skipped, with the reason shown, when "
             "the lung mask looks wrong)",
         )
-        self.tta = CheckBox(
+        self.tta = ComboBox(
             name="tta",
-            text="test-time flips (2x time)",
-            tooltip="Average the prediction with that of the right-left mirror image",
+            label="Flips",
+            choices=[("auto (noisy scans)", "auto"), ("on (2x time)", "on"), ("off", "off")],
+            value="auto",
+            tooltip="Test-time flips: average the prediction with that of the right-left "
+            "mirror image (twice the model time). auto: only when the lungs are noisy "
+            "(above 50 HU, e.g. a sharp kernel at low dose), where they steady the result",
         )
         self.want_probability = CheckBox(name="want_probability", text="probability")
         self.want_uncertainty = CheckBox(name="want_uncertainty", text="uncertainty")
@@ -408,7 +412,7 @@ class SegmentWidget(Container):
             batch_size=batch,
             threshold=self.threshold.value,
             restrict_to_lungs=self.restrict.value,
-            tta=self.tta.value,
+            tta={"on": True, "off": False}.get(self.tta.value),
             uncertainty_map=self.want_uncertainty.value,
             attention=self.want_attention.value,
         )
@@ -496,6 +500,7 @@ class SegmentWidget(Container):
         self.status.value = (
             f"Done in {seconds:.1f} s with '{result.model_name or 'the model'}' on "
             f"{result.device}, batch {result.batch_size}."
+            + _tta_line(result)
             + "".join(f"\n{m}" for m in result.messages)
         )
         if outcome.quantification is not None:
@@ -535,3 +540,11 @@ def _same_path(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except (OSError, ValueError):
         return False
+
+
+def _tta_line(result: object) -> str:
+    """A status line when the automatic mode turned test-time flips on, else nothing."""
+    tta = getattr(result, "tta", None) or {}
+    if tta.get("mode") == "auto" and tta.get("on"):
+        return f"\nTest-time flips on: {tta.get('reason', 'noisy scan')}."
+    return ""

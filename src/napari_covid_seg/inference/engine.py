@@ -106,6 +106,8 @@ class SegmentationResult:
             applied, "skipped": not applied and ``reason`` says why, "off"),
             ``right_ml``/``left_ml``, ``notes``, and ``roi`` (the model's
             lung-ROI box in canonical in-plane indices and its source).
+        tta: test-time flips: ``on`` (bool), ``mode`` ("auto", "on", "off")
+            and, in auto mode, ``lung_noise_hu`` and ``reason``.
     """
 
     probability: np.ndarray
@@ -122,6 +124,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     lung_report: dict | None = None
+    tta: dict | None = None
     _quantification: Quantification | None = field(default=None, repr=False)
 
     @property
@@ -680,7 +683,7 @@ def iter_segment(
     precision: str = "auto",
     compile: bool = False,
     preprocessing: dict | None = None,
-    tta: bool | None = None,
+    tta: bool | str | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment lesions slice-batch by slice-batch; yields Progress, returns the result.
@@ -701,7 +704,10 @@ def iter_segment(
         attention: return the finest attention maps (True = 2, or a count).
         probability_dtype: ``"uint8"`` (p * 255) or ``"float16"``.
         tta: test-time augmentation (mean of the slice and its right-left mirror;
-            twice the model cost). None: the Predictor's setting (off by default).
+            twice the model cost). True/False: on/off. None or ``"auto"``: on
+            when the Predictor says so, else on only for noisy scans (lung
+            noise above :data:`~.intensity.AUTO_TTA_NOISE_HU`, e.g. a sharp
+            kernel at low dose), where the flips steady the threshold.
         should_cancel: polled before every batch; True raises CancelledError.
     Raises:
         CancelledError: cancelled; no output exists.
@@ -716,11 +722,13 @@ def iter_segment(
         precision=precision,
         preprocessing=preprocessing,
         compile=compile,
-        tta=bool(tta),
+        tta=tta is True,
     )
-    if tta is not None and predictor.tta != bool(tta):
+    auto_tta = (tta is None or tta == "auto") and not predictor.tta
+    if isinstance(tta, bool) and predictor.tta != tta:
         predictor = copy.copy(predictor)  # the caller's Predictor keeps its setting
-        predictor.tta = bool(tta)
+        predictor.tta = tta
+    tta_report: dict = {"mode": "auto" if auto_tta else ("on" if predictor.tta else "off")}
     if probability_dtype not in ("uint8", "float16"):
         raise ValueError(
             f"probability_dtype must be 'uint8' or 'float16', not {probability_dtype!r}"
@@ -796,6 +804,18 @@ def iter_segment(
             plausible=check is not None and check.plausible,
             spacing=spacing_c,
         )
+    if auto_tta:
+        from .intensity import AUTO_TTA_NOISE_HU, lung_noise_hu
+
+        noise = lung_noise_hu(canon, lungs_c, vol.intensity) if lungs_c is not None else None
+        tta_report["lung_noise_hu"] = None if noise is None else round(noise, 1)
+        if noise is not None and noise > AUTO_TTA_NOISE_HU:
+            predictor = copy.copy(predictor)
+            predictor.tta = True
+            tta_report["reason"] = (
+                f"noisy scan: lung noise {noise:.0f} HU > {AUTO_TTA_NOISE_HU:.0f} HU"
+            )
+    tta_report["on"] = bool(predictor.tta)
 
     if batch_size == "auto" or batch_size is None:
         batch = auto_batch_size(predictor.device, mh, mw, predictor.autocast, native_hw=(h, w))
@@ -945,6 +965,7 @@ def iter_segment(
         timings=timings,
         messages=messages,
         lung_report=lung_report,
+        tta=tta_report,
     )
 
 

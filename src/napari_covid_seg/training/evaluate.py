@@ -199,6 +199,7 @@ def evaluate_cases(
                 "dice": round(case["dice"], 4),
                 "lungs": report.get("status", "off"),
                 "reason": report.get("reason", ""),
+                "tta": bool((result.tta or {}).get("on")),
             }
         )
         path.unlink(missing_ok=True)
@@ -206,6 +207,7 @@ def evaluate_cases(
     out["cases"] = per_case
     out["case_counts"] = counts  # [TP, FP, FN, TN] per case, to pool any subset later
     out["restriction_skipped"] = sum(c["lungs"] == "skipped" for c in per_case)
+    out["tta_on"] = sum(c["tta"] for c in per_case)  # flips used (asked for, or noisy scans)
     return out
 
 
