@@ -4,14 +4,16 @@
 
 Opens the sample CT, segments it with the bundled model, "corrects" five
 slices spread over the volume to the sample's truth (as a user scrolling
-through would), docks the Learn panel, runs it (fine-tune on the five slices,
-re-segment the rest) and saves ``docs/images/learn_in_volume.png``.
+through would), docks the Correct widget on its Learn tab (where users find
+it), runs it (fine-tune on the five slices, re-segment the rest) and saves
+``docs/images/learn_in_volume.png``. Autosaves go to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from napari_covid_seg._widgets._edit_session import EditSession
-    from napari_covid_seg._widgets._layers import geometry_kwargs, layer_volume
-    from napari_covid_seg._widgets._learn_panel import LearnPanel
+    from napari_covid_seg._widgets._layers import geometry_kwargs, layer_volume, plugin_meta
+    from napari_covid_seg._widgets.correct import CorrectWidget
     from napari_covid_seg.inference import segment
 
     if args.threads:
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     lesions = viewer.add_labels(
         prediction.copy(), name="lesions (corrected on 5 slices)", **geometry_kwargs(image)
     )
-    session = EditSession(lesions, np.asarray(image.data))
+    plugin_meta(lesions).update({"prediction": prediction, "model_version": "default"})
+    widget = CorrectWidget(viewer, autosave_root=tempfile.mkdtemp(prefix="covid-seg-shot-"))
+    viewer.window.add_dock_widget(widget, name="Correct lesions", area="right")
+    widget.labels_combo.value = lesions
+    _wait(lambda: widget.session is not None, 30)
+    session = widget.session
     t = np.asarray(truth.data)
 
     def correct(mask: np.ndarray) -> np.ndarray:
@@ -72,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return np.moveaxis(out, 0, axis)
 
     session.apply(correct)
-    panel = LearnPanel()
+    widget.show_tab("Learn")
+    panel = widget.learn_panel
     panel.device = "cpu"
-    panel.set_context(session, image, axis, prediction=lambda: prediction, model=lambda: "default")
-    viewer.window.add_dock_widget(panel, name="Learn from my corrections", area="right")
+    panel.refresh()
     panel.start()
     _wait(lambda: panel.worker is None, 900)
     if panel.result is None:
@@ -83,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     viewer.dims.set_current_step(axis, n // 2 + 3)
     viewer.reset_view()
-    _wait(lambda: True, 1)
-    time.sleep(0.5)
+    t_end = time.perf_counter() + 1.5  # let Qt lay the final status text out before the shot
+    _wait(lambda: time.perf_counter() > t_end, 5)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(path=str(out), canvas_only=False, flash=False)
