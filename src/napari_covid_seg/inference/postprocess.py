@@ -230,21 +230,13 @@ def _slice_regions(
         # soft tissue and consolidation saturate (some 0..255 sets) has no ribs to go by.
         bright = np.count_nonzero((image >= cuts[1]) & body)
         if bright <= MAX_BONE_SHARE * np.count_nonzero(body & ~lungs):
-            solid = _without_specks(ribs, min_px=3)  # noise specks of a sharp kernel are no rib
+            from ..correction.morphology import remove_small_islands
+
+            # noise specks of a sharp kernel are no rib (under 3 coarse pixels, 8-connected)
+            solid = remove_small_islands(ribs.astype(np.uint8), 3, (1.0, 1.0), connectivity=2) > 0
             cage &= ~behind_bone(cage & ~inside, inside, ndimage.maximum_filter(solid, size=3))
     thorax = ndimage.maximum_filter(chest, size=near)
     return inside, cage, thorax
-
-
-def _without_specks(mask: np.ndarray, min_px: int) -> np.ndarray:
-    """``mask`` without its 8-connected components of fewer than ``min_px`` pixels."""
-    parts, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return mask
-    sizes = np.bincount(parts.ravel(), minlength=n + 1)
-    keep = sizes >= min_px
-    keep[0] = False
-    return keep[parts]
 
 
 def behind_bone(
