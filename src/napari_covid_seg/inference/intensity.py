@@ -99,11 +99,9 @@ def lung_noise_hu(
     inside = np.asarray(lungs) > 0
     if inside.ndim != 3:
         return None
-    rows = np.flatnonzero(inside.reshape(len(inside), -1).any(axis=1))
+    rows = _lung_rows(inside, max_slices)
     if len(rows) == 0:
         return None
-    if len(rows) > max_slices:
-        rows = rows[np.linspace(0, len(rows) - 1, max_slices).round().astype(int)]
     x = np.asarray(canon)[rows].astype(np.float32)
     residual = x - ndimage.uniform_filter(x, size=(1, 3, 3))
     core = ndimage.binary_erosion(inside[rows], structure=np.ones((1, 3, 3), bool))
@@ -111,6 +109,14 @@ def lung_noise_hu(
         return None
     sd = 1.4826 * float(np.median(np.abs(residual[core])))
     return sd * 1500.0 / 255.0 if intensity == WINDOWED else sd
+
+
+def _lung_rows(inside: np.ndarray, at_most: int) -> np.ndarray:
+    """Indices of at most ``at_most`` evenly spaced slices of ``inside`` (S, P, L) holding lung."""
+    rows = np.flatnonzero(inside.reshape(len(inside), -1).any(axis=1))
+    if len(rows) > at_most:
+        rows = rows[np.linspace(0, len(rows) - 1, at_most).round().astype(int)]
+    return rows
 
 
 def standardize_spec(roi_spec: dict | None) -> dict | None:
@@ -139,9 +145,7 @@ def lung_landmark(
     if inside.ndim == 3 and smooth_mm > 0:
         from scipy import ndimage
 
-        rows = np.flatnonzero(inside.reshape(len(inside), -1).any(axis=1))
-        if len(rows) > LANDMARK_SLICES:
-            rows = rows[np.linspace(0, len(rows) - 1, LANDMARK_SLICES).round().astype(int)]
+        rows = _lung_rows(inside, LANDMARK_SLICES)
         sp = tuple(spacing or (1.0, 1.0, 1.0))
         sigma = (0.0, smooth_mm / max(float(sp[1]), 1e-6), smooth_mm / max(float(sp[2]), 1e-6))
         img = ndimage.gaussian_filter(np.asarray(canon)[rows].astype(np.float32), sigma)
