@@ -240,6 +240,9 @@ def test_noisy_scans_get_test_time_flips_by_default_and_the_line_says_so(tmp_pat
     assert "test-time flips on (noisy scan: lung noise" in line
     assert run_cli(tmp_path / "noisy.nii.gz", "-o", tmp_path / "b", "--no-tta") == 0
     assert "test-time flips" not in capsys.readouterr().out
+    for out, flips in (("a", "on"), ("b", "off")):  # the cohort report says it too
+        report = json.loads((tmp_path / out / "segment_report.json").read_text())
+        assert report["cases"][0]["test_time_flips"] == flips
     args = cli.build_parser().parse_args(["segment", "x.nii.gz", "-o", "o", "--tta"])
     assert args.tta is True
     assert cli.build_parser().parse_args(["segment", "x.nii.gz", "-o", "o"]).tta is None

@@ -70,6 +70,7 @@ COLUMNS: tuple[str, ...] = (
     *BURDEN_COLUMNS,
     "lung_mask_status",
     "lung_mask_reason",
+    "test_time_flips",
     "slices",
     "shape",
     "spacing_mm",
@@ -352,6 +353,8 @@ def case_row(
         lung = lung_mask_status(result)
         row["lung_mask_status"] = lung["status"]
         row["lung_mask_reason"] = lung["reason"]
+        tta = getattr(result, "tta", None) or {}
+        row["test_time_flips"] = ("on" if tta.get("on") else "off") if tta else None
         for side in ("right", "left"):
             if row[f"{side}_lung_ml"] is None and lung[f"{side}_ml"] is not None:
                 row[f"{side}_lung_ml"] = _round(lung[f"{side}_ml"])
