@@ -308,6 +308,8 @@ def test_noisy_scan_gets_flips_in_auto_mode_and_the_status_says_so(
     _run(qtbot, widget)
     assert "Test-time flips on: noisy scan" in widget.status.value
     flipped = viewer.layers["noisy CT lesions"].data.copy()
+    record = viewer.layers["noisy CT lesions"].metadata["covid_seg"]["test_time_flips"]
+    assert record["mode"] == "auto" and record["on"] is True  # provenance on the layer
     widget.tta.value = "off"
     widget.confirm = lambda *a, **k: True  # replace the previous result without asking
     _run(qtbot, widget)

@@ -57,6 +57,7 @@ def lesion_metadata(image: Any, outcome: SegmentOutcome) -> dict:
         "review": outcome.review,
         "quantification": outcome.quantification.to_dict() if outcome.quantification else None,
         "lung_mask": result.lung_report,
+        "test_time_flips": result.tta,
         "lungs": result.lungs,
         "prediction": result.mask.copy(),
     }
