@@ -146,7 +146,8 @@ def test_run_state_and_event_texts():
     assert "--lr" not in auto
 
 
-def test_finetune_freezes_bn_holds_out_and_compares(tmp_path):
+def test_finetune_adapts_bn_only_with_enough_slices_holds_out_and_compares(tmp_path):
+    """BatchNorm statistics: the base's below 5 corrected slices, adapted from 5 on."""
     from napari_covid_seg.inference.preprocess import default_preprocessing
     from napari_covid_seg.models.checkpoint import load_model_version, save_model_version
     from napari_covid_seg.models.store import ModelStore
@@ -170,9 +171,12 @@ def test_finetune_freezes_bn_holds_out_and_compares(tmp_path):
     )
     child = load_model_version(result.info.path, device="cpu").model
     parent = load_model_version(base, device="cpu").model
-    bn_c = dict(child.named_buffers())
-    bn_p = dict(parent.named_buffers())
-    assert all(torch.equal(bn_c[k], bn_p[k]) for k in bn_p if "running" in k)
+
+    def same_bn_stats(model: torch.nn.Module) -> bool:
+        mine, base_bn = dict(model.named_buffers()), dict(parent.named_buffers())
+        return all(torch.equal(mine[k], base_bn[k]) for k in base_bn if "running" in k)
+
+    assert not same_bn_stats(child)  # 12 corrected slices: the statistics adapt
     assert any(
         not torch.equal(a, b) for a, b in zip(child.parameters(), parent.parameters(), strict=True)
     )
@@ -180,6 +184,23 @@ def test_finetune_freezes_bn_holds_out_and_compares(tmp_path):
     assert cmp is not None and cmp["n_slices"] >= 1
     assert all(v.startswith("p:z=") for v in cmp["val_ids"])
     assert result.best_epoch == result.epochs_run == 2  # fixed recipe: the last epoch
+    # three corrected slices: nothing held out could show harm, so the base's statistics stay
+    export_case(tmp_path / "few", image, truth.data, case_id="q", reviewed_slices=range(3))
+    kw = {
+        "epochs": 1,
+        "lr": 1e-3,
+        "device": "cpu",
+        "store": store,
+        "return_result": True,
+        "config": ft.TrainConfig(**{**ft.FINETUNE_DEFAULTS, "amp": "off", "batch_size": 4}),
+    }
+    few = ft.finetune(base, [tmp_path / "few"], out_dir=tmp_path / "run2", **kw)
+    assert same_bn_stats(load_model_version(few.info.path, device="cpu").model)
+    # and --freeze-bn keeps them whatever the number of slices
+    kept = ft.finetune(base, [tmp_path / "d"], out_dir=tmp_path / "run3", freeze_bn=True, **kw)
+    assert same_bn_stats(load_model_version(kept.info.path, device="cpu").model)
+    with pytest.raises(ValueError, match="freeze_bn"):
+        ft.resolve_policy(freeze_bn="sometimes")
 
 
 def test_a_click_model_fine_tunes_and_stays_a_click_model(tmp_path):

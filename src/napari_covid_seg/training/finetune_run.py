@@ -465,7 +465,15 @@ def add_policy_arguments(p: Any) -> None:
         action="store_const",
         const=False,
         default=None,
-        help="update BatchNorm running statistics (default: frozen, the base's)",
+        help="update BatchNorm running statistics (default: only from 5 corrected slices "
+        "on, when a held-out comparison can catch harm)",
+    )
+    p.add_argument(
+        "--freeze-bn",
+        dest="freeze_bn",
+        action="store_const",
+        const=True,
+        help="keep the base's BatchNorm running statistics whatever the number of slices",
     )
     p.add_argument(
         "--train",

@@ -215,7 +215,8 @@ def iter_learn(
         checkpoint_every=10_000,
     )
     timings: dict[str, float] = {"prepare": time.perf_counter() - t0}
-    unfreeze = freeze_batchnorm(mv.model) if pol["freeze_bn"] else (lambda: None)
+    # no held-out comparison guards learning within a volume: "auto" keeps the base's BN
+    unfreeze = freeze_batchnorm(mv.model) if pol["freeze_bn"] is not False else (lambda: None)
     set_trainable(mv.model, pol["train"])
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="covid-seg-learn-") as tmp:
