@@ -393,3 +393,28 @@ def test_model_input_gives_click_models_zero_guidance():
     click = model_input(x, 6, click_preprocessing({"n_channels": 3}))
     assert click.shape == (2, 6, 8, 8)
     assert torch.equal(click[:, :3], auto) and not click[:, 3:].any()
+
+
+def test_no_clicks_on_a_noisy_slice_still_equal_segment_with_its_automatic_flips():
+    """segment() flips noisy scans by itself; fix_slice with no clicks follows it exactly."""
+    if not (bundled_models_dir() / "click" / "model.json").is_file():
+        pytest.skip("no bundled click model in this checkout")
+    from napari_covid_seg.inference import segment
+    from napari_covid_seg.io.orientation import to_canonical
+    from napari_covid_seg.io.phantom import make_phantom
+    from napari_covid_seg.training.acquisition import slice_volume
+
+    img, _ = make_phantom(shape=(16, 192, 192), spacing=(5.0, 1.6, 1.6), seed=4)
+    hu = to_canonical(img.data, img.reorientation)[8].astype(np.float32)
+    hu += np.random.default_rng(0).normal(0.0, 90.0, hu.shape).astype(np.float32)
+    vol = slice_volume(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+    seg = ClickSegmenter("click")
+    res = segment(vol, seg.predictor, restrict_to_lungs=False, uncertainty=False)
+    assert res.tta["on"] is True  # noisy: segment turned the flips on
+    box = res.lung_report["roi"]["box"]
+    kw = {"roi": box, "spacing_yx_mm": (0.7, 0.7), "standardize": res.lung_report["standardize"]}
+    auto = seg.fix_slice(vol.data[0], None, **kw)
+    assert np.array_equal(auto, res.mask[0] > 0)
+    # the widget passes segment's decision; without flips the mask is another one
+    assert np.array_equal(seg.fix_slice(vol.data[0], None, tta=True, **kw), auto)
+    assert not np.array_equal(seg.fix_slice(vol.data[0], None, tta=False, **kw), auto)

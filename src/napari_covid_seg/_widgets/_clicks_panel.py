@@ -124,6 +124,7 @@ class ClicksPanel(Container):
         self.axial_axis = 0
         self.roi_box: Any = None
         self.standardize: dict | None = None
+        self.tta: bool | None = None  # test-time flips as segment ran the volume
         self.segmenter: Any = None
         self.loaded_spec: str | None = None
         self.loader: Any = None
@@ -222,7 +223,11 @@ class ClicksPanel(Container):
         self._geometry = None
         self.roi_box = None
         self.standardize = None
+        self.tta = None
         if session is not None:
+            flips = plugin_meta(session.layer).get("test_time_flips")
+            if isinstance(flips, dict) and "on" in flips:
+                self.tta = bool(flips["on"])  # as segment ran the volume
             report = plugin_meta(session.layer).get("lung_mask")
             roi = report.get("roi") if isinstance(report, dict) else None
             if isinstance(roi, dict) and roi.get("box") is not None:
@@ -487,6 +492,7 @@ class ClicksPanel(Container):
             "roi": self.roi_box,
             "thickness_mm": spacing_c[0],
             "standardize": self.standardize,
+            "tta": self.tta,
         }
         jobs = [
             {

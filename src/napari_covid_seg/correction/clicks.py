@@ -23,6 +23,7 @@ Coordinates are ``(row, col)`` pixel indices of the slice (floats are rounded).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ class SliceContext:
     fill: float
     clutter: np.ndarray | None  # bool (H, W): table/arms shown to the model as air
     standardize: Any = None  # inference.intensity.Standardization, as segment applies it
+    lung_noise_hu: float | None = None  # segment's auto flips use it (AUTO_TTA_NOISE_HU)
 
 
 class ClickSegmenter:
@@ -279,16 +281,22 @@ class ClickSegmenter:
             spacing = (float(thickness_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
             found: list = []
             std: list = []
+            lungs: list = []
             # the lung mask, its plausibility check, the ROI, the clutter and the
             # intensity standardisation, as segment does
-            box = roi_for_canonical(canon, intensity, spacing, spec, found, std)
+            box = roi_for_canonical(canon, intensity, spacing, spec, found, std, lungs)
             if isinstance(roi, Roi):
                 box = roi
             elif roi is not None:
                 y0, y1, x0, x1 = (int(v) for v in roi)
                 box = Roi(y0, y1, x0, x1, "lungs")
             clutter = found[0][0] if found else None
-            ctx = SliceContext(box, fill_value(spec, intensity), clutter, std[0] if std else None)
+            from ..inference.intensity import lung_noise_hu
+
+            noise = lung_noise_hu(canon, lungs[0], intensity) if lungs else None
+            ctx = SliceContext(
+                box, fill_value(spec, intensity), clutter, std[0] if std else None, noise
+            )
         self._cache = (key, ctx)
         return ctx
 
@@ -311,13 +319,18 @@ class ClickSegmenter:
         roi: Roi | Sequence[int] | None = None,
         thickness_mm: float = SLICE_THICKNESS_MM,
         standardize: Any = None,
+        tta: bool | None = None,
     ) -> np.ndarray:
         """Lesion logits ``(H, W)`` float32 of one canonical slice given clicks and a mask.
 
         ``standardize``: the volume's intensity map as ``segment`` reported it
         (``lung_report["standardize"]``, a dict with ``scale`` and ``offset``,
         or an :class:`~..inference.intensity.Standardization`); None: the
-        model's policy applied to this slice alone.
+        model's policy applied to this slice alone. ``tta``: test-time flips
+        as ``segment`` decided them for the volume (``result.tta["on"]``);
+        None: as ``segment`` would decide them on this slice (on for noisy
+        lungs, :data:`~..inference.intensity.AUTO_TTA_NOISE_HU`), so that no
+        clicks give exactly the automatic mask.
         """
         import torch
 
@@ -351,7 +364,16 @@ class ClickSegmenter:
             image = np.where(ctx.clutter, ctx.fill, image).astype(image.dtype, copy=False)
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=_torch_dtype(image)))[None]
         t2 = time.perf_counter()
-        logits, _ = self.predictor.forward(
+        predictor = self.predictor
+        if tta is None:
+            from ..inference.intensity import AUTO_TTA_NOISE_HU
+
+            noise = ctx.lung_noise_hu
+            tta = predictor.tta or (noise is not None and noise > AUTO_TTA_NOISE_HU)
+        if bool(tta) != predictor.tta:
+            predictor = copy.copy(predictor)  # the same model, flips on or off for this call
+            predictor.tta = bool(tta)
+        logits, _ = predictor.forward(
             x.to(self.predictor.device),
             intensity,
             roi=ctx.roi,
@@ -380,6 +402,7 @@ class ClickSegmenter:
         roi: Roi | Sequence[int] | None = None,
         thickness_mm: float = SLICE_THICKNESS_MM,
         standardize: Any = None,
+        tta: bool | None = None,
     ) -> np.ndarray:
         """The slice's new lesion mask (bool ``(H, W)``) from the clicks so far.
 
@@ -394,6 +417,7 @@ class ClickSegmenter:
             roi: the volume's lung ROI (see :meth:`context`); None: this slice's.
             thickness_mm: slice thickness (the lone slice's lung-mask volumes).
             standardize: the volume's intensity map (see :meth:`predict`).
+            tta: test-time flips (see :meth:`predict`).
         Returns:
             bool ``(H, W)``: the model's mask (probability > its threshold);
             the caller replaces the slice with it as one undoable edit.
@@ -408,6 +432,7 @@ class ClickSegmenter:
             roi=roi,
             thickness_mm=thickness_mm,
             standardize=standardize,
+            tta=tta,
         )
         thr = float(np.log(self.threshold / (1.0 - self.threshold)))
         if not self.enforce or not (len(positives) or len(negatives)):

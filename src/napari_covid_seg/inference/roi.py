@@ -227,6 +227,7 @@ def roi_for_canonical(
     spec: dict,
     clutter_out: list | None = None,
     standardize_out: list | None = None,
+    lungs_out: list | None = None,
 ) -> Roi:
     """Lung mask, plausibility check and ROI of a canonical ``(S, P, L)`` image in one call.
 
@@ -234,7 +235,8 @@ def roi_for_canonical(
     because it keeps the lung mask. With a list as ``clutter_out`` and the
     policy's ``clear_clutter``, the :func:`clutter_mask` is appended to it;
     with a list as ``standardize_out``, the policy's intensity
-    :class:`~.intensity.Standardization` (or None) is appended.
+    :class:`~.intensity.Standardization` (or None) is appended; with a list as
+    ``lungs_out``, the lung labels (same shape as ``canon``).
     """
     from ..io.volume import WINDOWED
     from .lungs import GAS_MEDIAN_HU, air_threshold, check_lungs, lung_mask_canonical
@@ -247,6 +249,8 @@ def roi_for_canonical(
         gas_median=None if intensity == WINDOWED else GAS_MEDIAN_HU,
     )
     check = check_lungs(lungs, spacing)
+    if lungs_out is not None:
+        lungs_out.append(lungs)
     roi = choose_roi(
         canon,
         lungs,
