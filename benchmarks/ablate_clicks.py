@@ -42,7 +42,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -237,29 +236,22 @@ def variants(seg: Any) -> dict[str, Fix]:
 
 
 def run(fix: Fix, slices: list[dict], max_clicks: int, rule: str) -> dict[str, Any]:
-    """Dice curve, NoC@85/90 and median ms of ``fix`` over the slices."""
-    from napari_covid_seg.correction.clicks import dice, next_click
-
+    """Dice curve, NoC@85/90 and median ms of ``fix`` over the slices (bench_clicks' protocol)."""
     curves, seconds = [], []
     for s in slices:
-        mask, pos, neg, state = s["auto"], [], [], {}
-        curve = [dice(mask, s["truth"])]
-        for _ in range(max_clicks):
-            c = next_click(mask, s["truth"], rule)
-            if c is None:
-                curve.append(1.0)
-                continue
-            (pos if c.positive else neg).append((c.row, c.col))
-            t = time.perf_counter()
-            mask = fix(s, mask, pos, neg, state)
-            seconds.append(time.perf_counter() - t)
-            curve.append(dice(mask, s["truth"]))
+        state: dict = {}
+        curve, secs = bc.simulate_clicks(
+            s,
+            lambda mask, pos, neg, s=s, state=state: fix(s, mask, pos, neg, state),
+            max_clicks,
+            rule,
+        )
         curves.append(curve)
+        seconds.extend(secs)
     arr = np.asarray(curves)
 
     def noc(target: float) -> float:
-        hits = [next((k for k, d in enumerate(c) if d >= target), max_clicks) for c in curves]
-        return round(float(np.mean(hits)), 2)
+        return round(float(np.mean([bc.noc(c, target, max_clicks) for c in curves])), 2)
 
     return {
         "dice": {str(k): round(float(arr[:, k].mean()), 4) for k in REPORT if k <= max_clicks},
