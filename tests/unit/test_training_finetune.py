@@ -158,17 +158,14 @@ def test_finetune_adapts_bn_only_with_enough_slices_holds_out_and_compares(tmp_p
     image, truth = make_phantom(shape=(12, 64, 64), spacing=(2.5, 5.0, 5.0), seed=0)
     export_case(tmp_path / "d", image, truth.data, case_id="p", reviewed_slices=range(12))
     store = ModelStore(tmp_path / "store")
-    result = ft.finetune(
-        base,
-        [tmp_path / "d"],
-        epochs=2,
-        lr=1e-3,
-        device="cpu",
-        store=store,
-        out_dir=tmp_path / "run",
-        return_result=True,
-        config=ft.TrainConfig(**{**ft.FINETUNE_DEFAULTS, "amp": "off", "batch_size": 4}),
-    )
+    kw = {
+        "lr": 1e-3,
+        "device": "cpu",
+        "store": store,
+        "return_result": True,
+        "config": ft.TrainConfig(**{**ft.FINETUNE_DEFAULTS, "amp": "off", "batch_size": 4}),
+    }
+    result = ft.finetune(base, [tmp_path / "d"], epochs=2, out_dir=tmp_path / "run", **kw)
     child = load_model_version(result.info.path, device="cpu").model
     parent = load_model_version(base, device="cpu").model
 
@@ -186,14 +183,7 @@ def test_finetune_adapts_bn_only_with_enough_slices_holds_out_and_compares(tmp_p
     assert result.best_epoch == result.epochs_run == 2  # fixed recipe: the last epoch
     # three corrected slices: nothing held out could show harm, so the base's statistics stay
     export_case(tmp_path / "few", image, truth.data, case_id="q", reviewed_slices=range(3))
-    kw = {
-        "epochs": 1,
-        "lr": 1e-3,
-        "device": "cpu",
-        "store": store,
-        "return_result": True,
-        "config": ft.TrainConfig(**{**ft.FINETUNE_DEFAULTS, "amp": "off", "batch_size": 4}),
-    }
+    kw["epochs"] = 1
     few = ft.finetune(base, [tmp_path / "few"], out_dir=tmp_path / "run2", **kw)
     assert same_bn_stats(load_model_version(few.info.path, device="cpu").model)
     # and --freeze-bn keeps them whatever the number of slices
